@@ -1,0 +1,1 @@
+"""qco: quantize, compile, offload. Declarative experiments for diffusers inference."""

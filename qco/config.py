@@ -1,0 +1,116 @@
+"""Typed schemas of the config groups. The values live in conf/*.yaml; these dataclasses give
+Hydra the types, so a wrong type or an unknown key fails while composing, in Hydra's words."""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ComponentRecipe:
+    """One pipeline component built from its published config with random weights."""
+
+    cls: str = MISSING  # a class of diffusers or transformers (for a model, its config is `config`)
+    config: Dict[str, Any] = field(default_factory=dict)
+    # tokenizers are made from a synthetic vocabulary of this size (no download)
+    vocab_size: Optional[int] = None
+    model_max_length: Optional[int] = None
+
+
+@dataclass
+class BuildRecipe:
+    """How to build a model offline: components with random weights, saved once, then loaded
+    through the same from_pretrained path as a hub model."""
+
+    seed: int = 0
+    dtype: str = "float32"  # the dtype the weights are saved in
+    device: str = "cpu"  # auto: build on the GPU when there is one (fast for full-size models)
+    components: Dict[str, ComponentRecipe] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    pipeline: str = "DiffusionPipeline"  # the diffusers pipeline class that loads it
+    id: Optional[str] = None  # a hub repository id
+    path: Optional[str] = None  # a local folder (a save_pretrained or snapshot_download copy)
+    build: Optional[BuildRecipe] = None  # built from config with random weights when no id/path
+    revision: Optional[str] = None
+    variant: Optional[str] = None
+    denoiser: str = "transformer"  # the component that compile and the quant defaults aim at
+    denoiser_class: str = MISSING  # its class, so rules can be checked before any weights load
+    quantize: List[str] = field(default_factory=list)  # the components quantized by default
+    size_multiple: int = 16  # height and width must be multiples of this
+    max_size: int = 4096
+    run_defaults: Dict[str, Any] = field(default_factory=dict)  # run values this model expects
+
+
+@dataclass
+class QuantConfig:
+    name: str = "none"
+    backend: Optional[str] = None  # bitsandbytes_4bit | bitsandbytes_8bit | torchao
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # arguments of the backend's config
+    method: Optional[str] = None  # torchao only: the config class in torchao.quantization
+    components: List[str] = field(default_factory=list)
+
+
+@dataclass
+class CompileConfig:
+    name: str = "none"
+    method: Optional[str] = None  # full (module.compile) | regional (compile_repeated_blocks)
+    mode: Optional[str] = None
+    fullgraph: bool = False
+    dynamic: Optional[bool] = None
+    channels_last: bool = False
+    dynamo: Dict[str, Any] = field(default_factory=dict)  # torch._dynamo.config while it runs
+    dynamo_with_offload: Dict[str, Any] = field(default_factory=dict)  # added when offloading
+    inductor: Dict[str, Any] = field(default_factory=dict)  # torch._inductor.config while it runs
+
+
+@dataclass
+class OffloadConfig:
+    name: str = "none"
+    method: Optional[str] = None  # model | sequential | group
+    offload_type: Optional[str] = None  # group only: block_level | leaf_level
+    num_blocks_per_group: Optional[int] = None
+    use_stream: Optional[bool] = None  # null: on where the device is CUDA
+    record_stream: bool = False
+    low_cpu_mem_usage: bool = False
+    offload_to_disk_path: Optional[str] = None
+
+
+@dataclass
+class RunConfig:
+    prompt: str = MISSING
+    steps: int = MISSING
+    height: int = MISSING
+    width: int = MISSING
+    guidance: float = MISSING
+    seed: int = 0
+    dtype: str = "bfloat16"
+    device: str = "auto"  # auto (cuda when there is one) | cpu | cuda | cuda:N
+    warmup: int = 1
+    repeats: int = 3
+    batch: int = 1
+    dry_run: bool = False  # check and print the plan, load nothing
+
+
+@dataclass
+class PathsConfig:
+    models: str = MISSING  # where built-from-config models are cached
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    quant: QuantConfig = MISSING
+    compile: CompileConfig = MISSING
+    offload: OffloadConfig = MISSING
+    run: RunConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="qco_schema", node=Config)

@@ -1,0 +1,165 @@
+"""Timing and memory probes: warm-up, timed calls with per-step times, peak device and host memory."""
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from tqdm.auto import tqdm
+
+GB = 1024**3
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+class StepClock:
+    """Times each denoising step through callback_on_step_end. On CUDA it records events (no host
+    sync inside the call, so the call runs as it would without qco); on CPU it reads the clock."""
+
+    def __init__(self, device: str, progress: tqdm):
+        self.cuda = device.startswith("cuda")
+        self.progress = progress
+        self.marks: list = []
+
+    def _mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self.marks = [self._mark()]
+
+    def __call__(self, pipe, step, timestep, callback_kwargs):
+        self.marks.append(self._mark())
+        self.progress.update(1)
+        return callback_kwargs
+
+    def step_seconds(self) -> List[float]:
+        """Call after synchronize()."""
+        if self.cuda:
+            return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def stats(samples: List[float]) -> Dict[str, float]:
+    ordered = sorted(samples)
+
+    def quantile(q: float) -> float:  # linear interpolation between closest ranks
+        position = q * (len(ordered) - 1)
+        low = int(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    return {
+        "mean": statistics.fmean(ordered),
+        "min": ordered[0],
+        "p50": quantile(0.5),
+        "p90": quantile(0.9),
+        "stdev": statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
+        "n": len(ordered),
+    }
+
+
+@dataclass
+class Measurement:
+    first_call_s: float = 0.0
+    call_s: List[float] = field(default_factory=list)
+    step_s: List[List[float]] = field(default_factory=list)  # per measured call
+    images: list = field(default_factory=list)  # of the last measured call
+
+
+def measure_calls(pipe, call_kwargs: dict, seed: int, device: str, warmup: int, repeats: int,
+                  steps: int) -> Measurement:
+    """Warm-up calls (the first one's time is the compile cost), then timed calls. Every call starts
+    from the same seed, so every call makes the same image."""
+    pipe.set_progress_bar_config(disable=True)
+    result = Measurement()
+    calls = [("warm-up", i) for i in range(warmup)] + [("measure", i) for i in range(repeats)]
+    with tqdm(total=len(calls) * steps, unit="step", desc="qco", dynamic_ncols=True) as progress:
+        clock = StepClock(device, progress)
+        for index, (phase, i) in enumerate(calls):
+            progress.set_description(f"{phase} {i + 1}/{warmup if phase == 'warm-up' else repeats}")
+            generator = torch.Generator("cpu").manual_seed(seed)
+            synchronize(device)
+            start = time.perf_counter()
+            clock.start()
+            output = pipe(**call_kwargs, generator=generator, callback_on_step_end=clock)
+            synchronize(device)
+            seconds = time.perf_counter() - start
+            if index == 0:
+                result.first_call_s = seconds
+            if phase == "measure":
+                result.call_s.append(seconds)
+                result.step_s.append(clock.step_seconds())
+                result.images = output.images
+    return result
+
+
+class DeviceMemory:
+    """Peak allocated and reserved memory of the CUDA caching allocator, per phase."""
+
+    def __init__(self, device: str):
+        self.device = device if device.startswith("cuda") else None
+
+    def reset(self) -> None:
+        if self.device:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peaks_gb(self) -> Dict[str, float]:
+        if not self.device:
+            return {"peak_allocated_gb": None, "peak_reserved_gb": None}
+        return {
+            "peak_allocated_gb": torch.cuda.max_memory_allocated(self.device) / GB,
+            "peak_reserved_gb": torch.cuda.max_memory_reserved(self.device) / GB,
+        }
+
+
+class HostMemory:
+    """Peak resident set size of this process. On Linux the high-water mark is reset at the start
+    (writing 5 to clear_refs), so it covers this run only, even in a process that ran others."""
+
+    STATUS = Path("/proc/self/status")
+
+    def reset(self) -> None:
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def peak_gb(self) -> float:
+        with contextlib.suppress(OSError):
+            for line in self.STATUS.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / GB
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
+
+
+def component_sizes_gb(pipe) -> Dict[str, float]:
+    """Bytes of each component's parameters and buffers as stored (quantized weights count packed)."""
+    sizes = {}
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            tensors = list(component.parameters()) + list(component.buffers())
+            sizes[name] = sum(t.numel() * t.element_size() for t in tensors) / GB
+    return sizes
+
+
+@contextlib.contextmanager
+def compile_settings(dynamo: dict, inductor: dict):
+    """torch._dynamo / torch._inductor settings for the duration of the calls, restored after."""
+    with contextlib.ExitStack() as stack:
+        if dynamo:
+            stack.enter_context(torch._dynamo.config.patch(**dynamo))
+        if inductor:
+            import torch._inductor.config
+
+            stack.enter_context(torch._inductor.config.patch(**inductor))
+        yield

@@ -1,0 +1,88 @@
+"""Build a pipeline from its recipe (published component configs) with random weights and save it,
+so it can be loaded through from_pretrained exactly like a downloaded model. No network."""
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+from omegaconf import OmegaConf
+
+from qco.errors import QcoError
+from qco.models.tokenizers import MAKERS
+
+log = logging.getLogger(__name__)
+
+BUILD_MARKER = "qco_build.json"  # written last: a folder without it is not a finished build
+
+
+def component_class(name: str, key: str):
+    """Only classes of diffusers and transformers can be named in a recipe."""
+    for library in (diffusers, transformers):
+        cls = getattr(library, name, None)
+        if isinstance(cls, type):
+            return cls
+    raise QcoError(f"{key}={name}: not a class of diffusers or transformers; "
+                   "fix: name a model, scheduler or tokenizer class those libraries export")
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_component(name: str, recipe, dtype: torch.dtype, device: str):
+    key = f"model.build.components.{name}.cls"
+    if recipe.cls in MAKERS:
+        return MAKERS[recipe.cls](recipe.vocab_size, recipe.model_max_length)
+    cls = component_class(recipe.cls, key)
+    config = OmegaConf.to_container(recipe.config, resolve=True)
+    if issubclass(cls, transformers.PreTrainedModel):
+        with torch.device(device), _default_dtype(dtype):
+            return cls(cls.config_class(**config)).eval()
+    if issubclass(cls, diffusers.ModelMixin):
+        with torch.device(device), _default_dtype(dtype):
+            return cls.from_config(config).eval()
+    return cls.from_config(config)  # schedulers
+
+
+def build_pipeline(model, folder: Path) -> None:
+    """Build every component, seeded in recipe order, and save the pipeline to `folder` atomically:
+    it is written beside it under a temporary name and renamed only when complete."""
+    recipe = model.build
+    dtype = getattr(torch, recipe.dtype)
+    device = "cuda" if recipe.device == "auto" and torch.cuda.is_available() else "cpu"
+    log.info("Building %s from its recipe with random weights on %s (%s)", model.name, device, recipe.dtype)
+    torch.manual_seed(recipe.seed)
+    components = {name: build_component(name, spec, dtype, device) for name, spec in recipe.components.items()}
+    pipeline_cls = component_class(model.pipeline, "model.pipeline")
+    pipeline = pipeline_cls(**components)
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        pipeline.save_pretrained(staging, safe_serialization=True)
+        recipe_dict = OmegaConf.to_container(recipe, resolve=True)
+        (staging / BUILD_MARKER).write_text(json.dumps({"model": model.name, "recipe": recipe_dict}, indent=1))
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            # another process finished the same build first: keep theirs
+            if not (folder / BUILD_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    del pipeline, components
+    if device == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,61 @@
+"""Where a model's weights come from: a local folder (model.path), a hub id (model.id), or a
+recipe built once into the cache (model.build). All three end in one from_pretrained call."""
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional, Set
+
+from omegaconf import OmegaConf
+
+from qco.errors import QcoError
+from qco.models.build import BUILD_MARKER, build_pipeline
+
+log = logging.getLogger(__name__)
+
+
+def built_folder(model, models_cache: str) -> Path:
+    """The cache folder of a built model, named by a hash of its recipe: a changed recipe is a new build."""
+    recipe = json.dumps(OmegaConf.to_container(model.build, resolve=True), sort_keys=True)
+    digest = hashlib.sha256(f"{model.pipeline}:{recipe}".encode()).hexdigest()[:12]
+    return Path(models_cache).expanduser() / f"{model.name}-{digest}"
+
+
+def resolve_source(model, models_cache: str) -> str:
+    """What to pass to from_pretrained, building the model first if it is built from a recipe."""
+    if model.path is not None:
+        return str(Path(model.path).expanduser())
+    if model.id is not None:
+        return model.id
+    folder = built_folder(model, models_cache)
+    if folder.is_dir() and not (folder / BUILD_MARKER).is_file():
+        log.warning("%s holds an unfinished build (no %s): building it again", folder, BUILD_MARKER)
+        shutil.rmtree(folder)
+    if not folder.is_dir():
+        build_pipeline(model, folder)
+    return str(folder)
+
+
+def model_index(model, models_cache: str) -> Optional[dict]:
+    """The pipeline's model_index.json where it can be read without loading weights or the network."""
+    if model.path is not None:
+        index = Path(model.path).expanduser() / "model_index.json"
+    elif model.id is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model.id, "model_index.json", revision=model.revision)
+        index = Path(cached) if isinstance(cached, str) else None
+    else:
+        return {name: ["recipe", spec.cls] for name, spec in model.build.components.items()}
+    return json.loads(index.read_text()) if index is not None and index.is_file() else None
+
+
+def model_components(model, models_cache: str) -> Optional[Set[str]]:
+    """The names of the pipeline's components, or None where unknown before loading."""
+    index = model_index(model, models_cache)
+    if index is None:
+        return None
+    return {name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)
+            and value[0] is not None}

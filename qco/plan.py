@@ -1,0 +1,136 @@
+"""The plan: what the composer will call, in order, with which arguments. It is drafted from the
+config without touching any weights, then checked and adjusted by qco/rules.py, printed by a dry
+run, recorded in results.json, and executed by qco/compose.py."""
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Set
+
+from omegaconf import OmegaConf
+
+from qco.models.source import model_components
+from qco.target import Target
+
+
+@dataclass
+class LoadStep:
+    pipeline: str  # the diffusers pipeline class
+    source: Optional[str]  # what from_pretrained gets; None until resolved (a build may be needed)
+    dtype: str
+    quant_backend: Optional[str] = None
+    quant_method: Optional[str] = None  # torchao config class
+    quant_kwargs: Dict[str, Any] = field(default_factory=dict)
+    quant_components: List[str] = field(default_factory=list)
+    device_map: Optional[str] = None  # "cpu" where bitsandbytes must quantize on the CPU
+    bitsandbytes_on_cpu: bool = False  # lift diffusers' GPU-only check (bitsandbytes itself runs on CPU)
+
+
+@dataclass
+class PlaceStep:
+    method: Optional[str]  # None: pipe.to(device); model | sequential | group: the enable_* call
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CompileStep:
+    method: Optional[str]  # None | full | regional
+    component: str = "transformer"
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # to torch.compile / compile_repeated_blocks
+    channels_last: bool = False
+    dynamo: Dict[str, Any] = field(default_factory=dict)
+    dynamo_with_offload: Dict[str, Any] = field(default_factory=dict)
+    inductor: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    model: str
+    target: Target
+    denoiser_class: str
+    components: Optional[Set[str]]  # the pipeline's components where known before loading
+    load: LoadStep
+    place: PlaceStep
+    compile: CompileStep
+    notes: List[str] = field(default_factory=list)  # what rules adjusted, and why
+
+    def as_dict(self) -> dict:
+        plan = asdict(self)
+        plan["components"] = sorted(self.components) if self.components is not None else None
+        return plan
+
+    def describe(self) -> List[str]:
+        """The calls, in the order the composer makes them."""
+        load = self.load
+        quant = "no quantization"
+        if load.quant_backend:
+            what = load.quant_method or load.quant_backend
+            quant = f"quantized at load: {what} on {', '.join(load.quant_components)}"
+        lines = [f"load     {load.pipeline}.from_pretrained({load.source or self.model}, dtype={load.dtype}"
+                 f"{', device_map=' + load.device_map if load.device_map else ''})  [{quant}]"]
+        if self.place.method is None:
+            lines.append(f"place    pipe.to({self.place.kwargs['device']})")
+        else:
+            lines.append(f"place    pipe.{PLACE_CALLS[self.place.method]}({_kwargs(self.place.kwargs)})")
+        if self.compile.method is not None:
+            call = "compile" if self.compile.method == "full" else "compile_repeated_blocks"
+            if self.compile.channels_last:
+                lines.append(f"compile  pipe.{self.compile.component}.to(memory_format=torch.channels_last)")
+            settings = {**self.compile.dynamo, **{f"inductor.{k}": v for k, v in self.compile.inductor.items()}}
+            lines.append(f"compile  pipe.{self.compile.component}.{call}({_kwargs(self.compile.kwargs)})"
+                         + (f"  [dynamo: {_kwargs(settings)}]" if settings else ""))
+        return lines + [f"adjusted {note}" for note in self.notes]
+
+
+PLACE_CALLS = {
+    "model": "enable_model_cpu_offload",
+    "sequential": "enable_sequential_cpu_offload",
+    "group": "enable_group_offload",
+}
+
+
+def _kwargs(kwargs: Dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in kwargs.items())
+
+
+def draft_plan(cfg, target: Target) -> Plan:
+    """Translate the config into calls, as written; rules adjust it afterwards."""
+    quant, offload, comp = cfg.quant, cfg.offload, cfg.compile
+    load = LoadStep(
+        pipeline=cfg.model.pipeline,
+        source=None,
+        dtype=cfg.run.dtype,
+        quant_backend=quant.backend,
+        quant_method=quant.method,
+        quant_kwargs=OmegaConf.to_container(quant.kwargs, resolve=True),
+        quant_components=list(quant.components) if quant.backend else [],
+    )
+    if offload.method is None:
+        place = PlaceStep(None, {"device": target.device})
+    elif offload.method == "group":
+        place = PlaceStep("group", {
+            "onload_device": target.device,
+            "offload_device": "cpu",
+            "offload_type": offload.offload_type,
+            "num_blocks_per_group": offload.num_blocks_per_group,
+            "use_stream": offload.use_stream,
+            "record_stream": offload.record_stream,
+            "low_cpu_mem_usage": offload.low_cpu_mem_usage,
+            "offload_to_disk_path": offload.offload_to_disk_path,
+        })
+    else:
+        place = PlaceStep(offload.method, {"device": target.device})
+    compile_step = CompileStep(method=comp.method, component=cfg.model.denoiser)
+    if comp.method is not None:
+        compile_step.kwargs = {"mode": comp.mode, "fullgraph": comp.fullgraph, "dynamic": comp.dynamic}
+        compile_step.channels_last = comp.channels_last
+        compile_step.dynamo = dict(comp.dynamo)
+        compile_step.dynamo_with_offload = dict(comp.dynamo_with_offload)
+        compile_step.inductor = dict(comp.inductor)
+    return Plan(
+        model=cfg.model.name,
+        target=target,
+        denoiser_class=cfg.model.denoiser_class,
+        components=model_components(cfg.model, cfg.paths.models),
+        load=load,
+        place=place,
+        compile=compile_step,
+    )

@@ -1,0 +1,91 @@
+"""What a run leaves behind: results.json (written atomically), the environment, a short table."""
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+PACKAGES = ("qco", "torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "torchao",
+            "hydra-core", "omegaconf", "triton", "safetensors")
+
+
+def environment(device: str) -> dict:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+        "cuda": torch.version.cuda,
+        "device": device,
+        "gpu": None,
+        "gpu_driver": None,
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["gpu_driver"] = _nvidia_driver()
+    return env
+
+
+def _nvidia_driver() -> Optional[str]:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write beside the target and rename over it: a reader sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def save_image_atomic(image, path: Path) -> None:
+    fd, staging = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(staging, format="PNG")
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def _gb(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def summary_table(results: dict) -> str:
+    t, m = results["timings"], results["memory"]
+    latency = t["latency_s"]
+    header = ("| combination | load s | first call s | latency s (mean +- stdev, n) | step s (p50) "
+              "| peak alloc GB | peak reserved GB | host peak GB |")
+    row = (f"| {results['combination']} | {t['load_s']:.2f} | {t['first_call_s']:.2f} "
+           f"| {latency['mean']:.3f} +- {latency['stdev']:.3f} ({latency['n']}) | {t['step_s']['p50']:.4f} "
+           f"| {_gb(m['peak_allocated_gb'])} | {_gb(m['peak_reserved_gb'])} | {_gb(m['host_peak_gb'])} |")
+    return "\n".join([header, "|" + "---|" * 8, row])

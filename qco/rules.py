@@ -1,0 +1,143 @@
+"""Every rule about combinations, in one table. A rule either adjusts the plan (and the run logs
+one line saying what changed and why) or refuses it before any weights load, with one line that
+says why and what to do instead. The reasons come from runs recorded in docs (findings.md) and
+benchmarks/; a rule without a measured reason does not belong here."""
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import diffusers
+
+from qco.errors import QcoError
+from qco.plan import Plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    when: Callable[[Plan], bool]
+    reason: str
+    adjust: Optional[Callable[[Plan], str]] = None  # returns what it changed; None: refuse
+    fix: str = ""  # for a refusal: what the user can run instead
+
+
+def _bitsandbytes(plan: Plan) -> bool:
+    return (plan.load.quant_backend or "").startswith("bitsandbytes")
+
+
+def _offloading(plan: Plan) -> bool:
+    return plan.place.method is not None
+
+
+def _compiling(plan: Plan) -> bool:
+    return plan.compile.method is not None
+
+
+def _drop_missing_quant_components(plan: Plan) -> str:
+    kept = [c for c in plan.load.quant_components if c in plan.components]
+    dropped = [c for c in plan.load.quant_components if c not in plan.components]
+    plan.load.quant_components = kept
+    return f"quant.components: {dropped} left out, {kept} quantized"
+
+
+def _fullgraph_off(plan: Plan) -> str:
+    plan.compile.kwargs["fullgraph"] = False
+    return "compile.fullgraph: true -> false"
+
+
+def _recompile_limit(plan: Plan) -> str:
+    plan.compile.dynamo.update(plan.compile.dynamo_with_offload)
+    return f"compile.dynamo += {plan.compile.dynamo_with_offload}"
+
+
+def _stream_where_cuda(plan: Plan) -> str:
+    plan.place.kwargs["use_stream"] = plan.target.is_cuda
+    return f"offload.use_stream: null -> {str(plan.target.is_cuda).lower()}"
+
+
+def _bitsandbytes_cpu_load(plan: Plan) -> str:
+    plan.load.device_map = "cpu"
+    plan.load.bitsandbytes_on_cpu = True
+    return "quantize on the CPU: device_map=cpu, diffusers' GPU-only check lifted"
+
+
+def _no_regional_blocks(plan: Plan) -> bool:
+    cls = getattr(diffusers, plan.denoiser_class, None)
+    return plan.compile.method == "regional" and cls is not None and not getattr(cls, "_repeated_blocks", None)
+
+
+def _fp8_unsupported(plan: Plan) -> bool:
+    fp8 = (plan.load.quant_method or "").startswith("Float8")
+    return fp8 and not (plan.target.is_cuda and plan.target.capability >= (8, 9))
+
+
+RULES: List[Rule] = [
+    # --- refusals: the combination cannot run here; nothing is loaded ---
+    Rule("torchao_installed",
+         when=lambda p: p.load.quant_backend == "torchao" and importlib.util.find_spec("torchao") is None,
+         reason="quant.backend=torchao needs the torchao package, which is not installed",
+         fix="pip install torchao (a release built for your torch), or choose quant=nf4 / int8"),
+    Rule("fp8_needs_sm89", when=_fp8_unsupported,
+         reason="float8 matmuls need a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)",
+         fix="run it on such a GPU, or choose quant=torchao_int8wo / nf4"),
+    Rule("sequential_needs_accelerator",
+         when=lambda p: p.place.method == "sequential" and not p.target.is_cuda,
+         reason="enable_sequential_cpu_offload streams each layer to an accelerator; with the CPU as "
+                "execution device accelerate fails inside its hooks at the first call",
+         fix="on a CPU use offload=model or offload=group_block (their hooks run on CPU)"),
+    Rule("streams_need_cuda",
+         when=lambda p: p.place.method == "group" and p.place.kwargs["use_stream"] and not p.target.is_cuda,
+         reason="group offload with use_stream=true overlaps copies on a CUDA stream; there is none on a CPU",
+         fix="offload.use_stream=null (on where there is CUDA) or offload.use_stream=false"),
+    Rule("regional_needs_repeated_blocks", when=_no_regional_blocks,
+         reason="compile_repeated_blocks compiles the classes listed in the denoiser's _repeated_blocks, "
+                "and this denoiser class lists none",
+         fix="compile=default or compile=max_autotune (whole-module compile)"),
+    # --- adjustments: the combination runs once these change; each is logged ---
+    Rule("quantize_only_existing_components",
+         when=lambda p: bool(p.load.quant_components) and p.components is not None
+         and not set(p.load.quant_components) <= p.components,
+         adjust=_drop_missing_quant_components,
+         reason="quantize the listed components where the model has them (the seed: transformer and "
+                "text_encoder_2 where the model has it)"),
+    Rule("streams_where_cuda",
+         when=lambda p: p.place.method == "group" and p.place.kwargs["use_stream"] is None,
+         adjust=_stream_where_cuda,
+         reason="prefetching on a CUDA stream overlaps transfers with compute; a CPU has no streams"),
+    Rule("bitsandbytes_on_cpu",
+         when=lambda p: _bitsandbytes(p) and not p.target.is_cuda,
+         adjust=_bitsandbytes_cpu_load,
+         reason="bitsandbytes >= 0.48 runs nf4/fp4/int8 on CPU, but diffusers refuses without a GPU "
+                "('No GPU found') and quantizes on a GPU unless the weights are placed on the CPU at load"),
+    Rule("no_fullgraph_across_offload_hooks",
+         when=lambda p: _compiling(p) and _offloading(p) and p.compile.kwargs.get("fullgraph"),
+         adjust=_fullgraph_off,
+         reason="offload hooks call torch.compiler.disable, which a fullgraph compile cannot trace "
+                "(torch._dynamo.exc.Unsupported: Attempted to call function marked as skipped); "
+                "the seed compiles without fullgraph when offloading"),
+    Rule("recompile_limit_with_offload",
+         when=lambda p: _compiling(p) and _offloading(p) and bool(p.compile.dynamo_with_offload),
+         adjust=_recompile_limit,
+         reason="offload hooks move weights between calls and trigger recompiles; the seed raises "
+                "dynamo's cache_size_limit so that they do not fall back to eager"),
+]
+
+
+def apply_rules(plan: Plan, combination: str) -> Plan:
+    """Refuse what cannot run (all reasons at once), then adjust what must change, in table order.
+    `combination` names the choices as the user wrote them, for the refusal lines."""
+    refusals = [f"{rule.name}: {rule.reason}; fix: {rule.fix}" for rule in RULES
+                if rule.adjust is None and rule.when(plan)]
+    if refusals:
+        raise QcoError([f"refused before loading ({combination} on {plan.target.device}): {line}"
+                        for line in refusals])
+    for rule in RULES:
+        if rule.adjust is not None and rule.when(plan):
+            note = f"{rule.adjust(plan)} ({rule.name}: {rule.reason})"
+            plan.notes.append(note)
+            log.info("Adjusted %s", note)
+    return plan

@@ -1,0 +1,117 @@
+"""One run, start to end: check -> plan -> compose -> measure -> write. __main__ calls it with the
+composed config; tests call it directly."""
+
+import logging
+import os
+from pathlib import Path
+from typing import List, Optional
+
+from omegaconf import OmegaConf
+
+from qco.compose import compose_pipeline
+from qco.errors import QcoError
+from qco.measure import DeviceMemory, HostMemory, compile_settings, component_sizes_gb, measure_calls, stats
+from qco.models.source import resolve_source
+from qco.plan import Plan, draft_plan
+from qco.report import environment, save_image_atomic, summary_table, write_json_atomic
+from qco.rules import apply_rules
+from qco.target import resolve_target
+from qco.validate import check_values
+
+log = logging.getLogger(__name__)
+
+
+def combination(cfg) -> str:
+    return f"model={cfg.model.name} quant={cfg.quant.name} compile={cfg.compile.name} offload={cfg.offload.name}"
+
+
+def check_and_plan(cfg) -> Plan:
+    """Everything that can be known before any weights load: bad values, refusals, adjustments."""
+    problems = check_values(cfg)
+    if problems:
+        raise QcoError(problems)
+    target = resolve_target(cfg.run.device)
+    return apply_rules(draft_plan(cfg, target), combination(cfg))
+
+
+def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[dict]:
+    """Run one combination and write results.json and the images into run_dir. A refused or failed
+    run still writes results.json, with its status and reason, then raises."""
+    record = {"status": "running", "combination": combination(cfg), "overrides": list(overrides or []),
+              "config": OmegaConf.to_container(cfg, resolve=True)}
+    try:
+        plan = check_and_plan(cfg)
+        record["plan"] = plan.as_dict()
+        for line in plan.describe():
+            log.info("plan: %s", line)
+        if cfg.run.dry_run:
+            return None
+        record.update(measure_run(cfg, plan, run_dir))
+        record["status"] = "ok"
+        return record
+    except QcoError as error:
+        record.update(status="refused", reason=str(error))
+        raise
+    except BaseException as error:
+        record.update(status="failed", reason=f"{type(error).__name__}: {error}".strip())
+        raise
+    finally:
+        write_json_atomic(run_dir / "results.json", record)
+        if record["status"] == "ok":
+            print(summary_table(record))
+            print(f"results: {run_dir / 'results.json'}")
+
+
+def measure_run(cfg, plan: Plan, run_dir: Path) -> dict:
+    host, device = HostMemory(), DeviceMemory(plan.target.device)
+    host.reset()
+    device.reset()
+    plan.load.source = resolve_source(cfg.model, cfg.paths.models)
+    try:
+        pipe, seconds = compose_pipeline(plan)
+    except OSError as error:
+        if cfg.model.id and not cfg.model.path:
+            raise _unavailable(cfg.model, error) from error
+        raise
+    load_memory = device.peaks_gb()
+    sizes = component_sizes_gb(pipe)
+
+    run = cfg.run
+    call_kwargs = {"prompt": run.prompt, "num_inference_steps": run.steps, "height": run.height,
+                   "width": run.width, "guidance_scale": run.guidance, "num_images_per_prompt": run.batch}
+    device.reset()
+    with compile_settings(plan.compile.dynamo, plan.compile.inductor):
+        measured = measure_calls(pipe, call_kwargs, run.seed, plan.target.device, run.warmup, run.repeats,
+                                 run.steps)
+    images = []
+    for index, image in enumerate(measured.images):
+        save_image_atomic(image, run_dir / f"image_{index}.png")
+        images.append(f"image_{index}.png")
+    steps = [s for call in measured.step_s for s in call]
+    return {
+        "timings": {
+            **seconds,
+            "first_call_s": measured.first_call_s,
+            "latency_s": {**stats(measured.call_s), "samples": measured.call_s},
+            "step_s": {**stats(steps), "last_call": measured.step_s[-1]},
+        },
+        "memory": {
+            **device.peaks_gb(),
+            "load_peak_allocated_gb": load_memory["peak_allocated_gb"],
+            "load_peak_reserved_gb": load_memory["peak_reserved_gb"],
+            "host_peak_gb": host.peak_gb(),
+            "components_gb": sizes,
+        },
+        "environment": environment(plan.target.device),
+        "images": images,
+    }
+
+
+def _unavailable(model, error: OSError) -> QcoError:
+    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    return QcoError(
+        f"model.id={model.id}: not in the local Hugging Face cache and not downloadable here{offline} "
+        f"({type(error).__name__}); fix: download it where there is network (`hf download {model.id}`) and "
+        f"run with model.path=/path/to/that/copy, or use model=flux_dev_random for the same architecture "
+        "with random weights"
+    )

@@ -1,0 +1,90 @@
+"""Checks of single values that Hydra's types cannot express. Every problem is collected, so one
+run reports them all, each on its own line: key=value, what is allowed, how to fix it."""
+
+from pathlib import Path
+from typing import List
+
+import torch
+
+DTYPES = ("bfloat16", "float16", "float32")
+COMPILE_METHODS = (None, "full", "regional")
+OFFLOAD_METHODS = (None, "model", "sequential", "group")
+GROUP_OFFLOAD_TYPES = ("block_level", "leaf_level")
+QUANT_BACKENDS = (None, "bitsandbytes_4bit", "bitsandbytes_8bit", "torchao")
+
+
+def _valid_sizes_near(size: int, multiple: int, largest: int) -> str:
+    low = min(max(size // multiple * multiple, multiple), largest // multiple * multiple)
+    return str(low) if low >= size or low + multiple > largest else f"{low} or {low + multiple}"
+
+
+def check_values(cfg) -> List[str]:
+    problems = []
+    run, model = cfg.run, cfg.model
+
+    for key in ("steps", "repeats", "batch"):
+        if run[key] < 1:
+            problems.append(f"run.{key}={run[key]}: must be at least 1; fix: run.{key}=1 or more")
+    if run.warmup < 0:
+        problems.append(f"run.warmup={run.warmup}: must be 0 or more; fix: run.warmup=1")
+    for key in ("height", "width"):
+        size = run[key]
+        if size < model.size_multiple or size > model.max_size or size % model.size_multiple:
+            problems.append(
+                f"run.{key}={size}: {model.name} takes multiples of {model.size_multiple} from "
+                f"{model.size_multiple} to {model.max_size}; fix: run.{key}="
+                f"{_valid_sizes_near(size, model.size_multiple, model.max_size)}"
+            )
+    if run.guidance < 0:
+        problems.append(f"run.guidance={run.guidance}: must be 0 or more; fix: run.guidance=0")
+    if run.dtype not in DTYPES:
+        problems.append(f"run.dtype={run.dtype}: allowed are {', '.join(DTYPES)}; fix: run.dtype=bfloat16")
+    if not run.prompt.strip():
+        problems.append("run.prompt='': an empty prompt; fix: run.prompt='a photo of a cat'")
+
+    problems += _check_model_source(model)
+    problems += _check_methods(cfg)
+    return problems
+
+
+def _check_model_source(model) -> List[str]:
+    if model.path is not None:
+        folder = Path(model.path).expanduser()
+        if not folder.is_dir():
+            return [f"model.path={model.path}: no such folder; fix: point model.path at a local copy of "
+                    "the model (a folder holding model_index.json, as save_pretrained or `hf download` write it)"]
+        if not (folder / "model_index.json").is_file():
+            return [f"model.path={model.path}: no model_index.json in that folder, so it is not a diffusers "
+                    "pipeline folder; fix: point model.path at the folder that holds model_index.json"]
+        return []
+    if model.id is None and model.build is None:
+        return [f"model={model.name}: neither model.id, model.path nor model.build is set; "
+                "fix: set model.path=/a/local/copy or model.id=<hub id>"]
+    return []
+
+
+def _check_methods(cfg) -> List[str]:
+    problems = []
+    checks = [
+        ("compile.method", cfg.compile.method, COMPILE_METHODS),
+        ("offload.method", cfg.offload.method, OFFLOAD_METHODS),
+        ("quant.backend", cfg.quant.backend, QUANT_BACKENDS),
+    ]
+    if cfg.offload.method == "group":
+        checks.append(("offload.offload_type", cfg.offload.offload_type, GROUP_OFFLOAD_TYPES))
+    for key, value, allowed in checks:
+        if value not in allowed:
+            shown = ", ".join("null" if a is None else a for a in allowed)
+            problems.append(f"{key}={value}: allowed are {shown}; fix: choose one of them")
+    if cfg.offload.method == "group" and cfg.offload.offload_type == "block_level":
+        if not cfg.offload.num_blocks_per_group or cfg.offload.num_blocks_per_group < 1:
+            problems.append(f"offload.num_blocks_per_group={cfg.offload.num_blocks_per_group}: block-level "
+                            "group offload needs 1 or more; fix: offload.num_blocks_per_group=1")
+    if cfg.quant.backend and not cfg.quant.components:
+        problems.append(f"quant.components=[]: quant={cfg.quant.name} quantizes nothing; "
+                        f"fix: quant.components=[{cfg.model.denoiser}] or quant=none")
+    return problems
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
