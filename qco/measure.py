@@ -159,7 +159,7 @@ def compile_settings(dynamo: dict, inductor: dict):
         if dynamo:
             stack.enter_context(torch._dynamo.config.patch(**dynamo))
         if inductor:
-            import torch._inductor.config
+            from torch._inductor import config as inductor_config
 
-            stack.enter_context(torch._inductor.config.patch(**inductor))
+            stack.enter_context(inductor_config.patch(**inductor))
         yield

@@ -93,6 +93,14 @@ RULES: List[Rule] = [
          when=lambda p: p.place.method == "group" and p.place.kwargs["use_stream"] and not p.target.is_cuda,
          reason="group offload with use_stream=true overlaps copies on a CUDA stream; there is none on a CPU",
          fix="offload.use_stream=null (on where there is CUDA) or offload.use_stream=false"),
+    Rule("bitsandbytes_4bit_compile_on_cpu",
+         when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and _compiling(p) and not p.target.is_cuda
+         and p.compile.kwargs.get("mode") != "max-autotune",
+         reason="bitsandbytes repacks 4-bit weights for its CPU kernel inside the first forward, and code "
+                "compiled in this mode replays the repacking on packed weights (AssertionError: expected "
+                "size 2048==64; torch 2.13 + bitsandbytes 0.50.2, full and regional alike); "
+                "mode max-autotune runs",
+         fix="compile=max_autotune or compile.mode=max-autotune, or quant=int8 / torchao_int8wo"),
     Rule("regional_needs_repeated_blocks", when=_no_regional_blocks,
          reason="compile_repeated_blocks compiles the classes listed in the denoiser's _repeated_blocks, "
                 "and this denoiser class lists none",

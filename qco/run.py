@@ -37,6 +37,7 @@ def check_and_plan(cfg) -> Plan:
 def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[dict]:
     """Run one combination and write results.json and the images into run_dir. A refused or failed
     run still writes results.json, with its status and reason, then raises."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     record = {"status": "running", "combination": combination(cfg), "overrides": list(overrides or []),
               "config": OmegaConf.to_container(cfg, resolve=True)}
     try:
@@ -45,7 +46,10 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
         for line in plan.describe():
             log.info("plan: %s", line)
         if cfg.run.dry_run:
-            return None
+            record["status"] = "planned"
+            return record
+        plan.load.source = resolve_source(cfg.model, cfg.paths.models)  # builds a recipe model once
+        record["plan"] = plan.as_dict()
         record.update(measure_run(cfg, plan, run_dir))
         record["status"] = "ok"
         return record
@@ -66,7 +70,6 @@ def measure_run(cfg, plan: Plan, run_dir: Path) -> dict:
     host, device = HostMemory(), DeviceMemory(plan.target.device)
     host.reset()
     device.reset()
-    plan.load.source = resolve_source(cfg.model, cfg.paths.models)
     try:
         pipe, seconds = compose_pipeline(plan)
     except OSError as error:

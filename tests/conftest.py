@@ -1,0 +1,38 @@
+"""Shared set-up: one inductor cache and one built-model cache for the whole session, so compile
+tests and tiny-model builds are paid once; Hydra's global state is cleared after each compose."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from qco.config import register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+# compiled kernels are reused across tests (and across CI runs on the same machine)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(REPO / ".pytest_cache" / "inductor"))
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach a hub in tests
+
+register_configs()
+
+
+@pytest.fixture(scope="session")
+def models_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture
+def make_cfg(models_cache):
+    """Compose the packaged config with overrides, as `python -m qco <overrides>` would."""
+
+    def _compose(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_module("qco.conf", version_base="1.3"):
+            return compose("config", overrides=[f"paths.models={models_cache}", *overrides])
+
+    yield _compose
+    GlobalHydra.instance().clear()

@@ -1,0 +1,144 @@
+"""Every quant x offload combination on the tiny model on CPU, for real: layers really quantized,
+offload hooks really attached and firing, images really made. The ones the libraries cannot run
+on CPU are refused before loading. Compile is covered by a few combinations (it is slow)."""
+
+import itertools
+
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from qco.errors import QcoError
+from tests.helpers import assert_real_image, build, generate
+
+QUANTS = ["none", "nf4", "fp4", "int8", "torchao_int8wo", "torchao_fp8"]
+OFFLOADS = ["none", "model", "group_block", "group_leaf", "sequential"]
+REFUSED_ON_CPU = {("quant", "torchao_fp8"): "fp8_needs_sm89", ("offload", "sequential"): "sequential_needs_accelerator"}
+QUANTIZED_LAYER = {"nf4": bnb.nn.Linear4bit, "fp4": bnb.nn.Linear4bit, "int8": bnb.nn.Linear8bitLt}
+
+
+def _refusal(quant, offload):
+    for key in (("quant", quant), ("offload", offload)):
+        if key in REFUSED_ON_CPU:
+            return REFUSED_ON_CPU[key]
+    return None
+
+
+def assert_quantized(pipe, quant, components):
+    for name in components:
+        module = getattr(pipe, name)
+        if quant in QUANTIZED_LAYER:
+            layers = [m for m in module.modules() if isinstance(m, QUANTIZED_LAYER[quant])]
+            assert layers, f"{name} has no {QUANTIZED_LAYER[quant].__name__}"
+            if quant in ("nf4", "fp4"):
+                assert layers[0].weight.quant_state.quant_type == quant
+                assert layers[0].weight.dtype == torch.uint8
+        else:  # torchao swaps the weights for its own tensor subclasses
+            weights = [m.weight for m in module.modules() if isinstance(m, torch.nn.Linear)]
+            assert weights and all(type(w).__module__.startswith("torchao") for w in weights)
+
+
+def count_calls(obj, method):
+    """Count calls of a real hook method (it still runs)."""
+    original = getattr(obj, method)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    setattr(obj, method, counted)
+    return calls
+
+
+def attach_offload_probe(pipe, offload):
+    if offload == "model":
+        hook = pipe.transformer._hf_hook  # accelerate's CpuOffload, attached by enable_model_cpu_offload
+        assert type(hook).__name__ == "CpuOffload"
+        return count_calls(hook, "pre_forward")
+    if offload.startswith("group"):  # diffusers' hooks: on the blocks (block level) or the leaves
+        hooks = [module._diffusers_hook.get_hook("group_offloading") for module in pipe.transformer.modules()
+                 if hasattr(module, "_diffusers_hook")]
+        hooks = [hook for hook in hooks if hook is not None and hook.group.onload_self]
+        assert hooks, "no group offloading hook in the transformer"
+        return count_calls(hooks[-1].group, "onload_")
+    return None
+
+
+@pytest.mark.parametrize("quant,offload", list(itertools.product(QUANTS, OFFLOADS)))
+def test_quant_x_offload_on_cpu(quant, offload, make_cfg):
+    cfg = make_cfg(f"quant={quant}", f"offload={offload}", "run.device=cpu")
+    refusal = _refusal(quant, offload)
+    if refusal:
+        with pytest.raises(QcoError, match=refusal):
+            build(cfg)
+        return
+    plan, pipe = build(cfg)
+    if quant != "none":
+        assert_quantized(pipe, quant, plan.load.quant_components)
+    calls = attach_offload_probe(pipe, offload)
+    images = generate(pipe, cfg, plan)
+    assert_real_image(images[0])
+    if calls is not None:
+        assert len(calls) >= cfg.run.steps  # the hook fired for every denoising step at least
+
+
+def test_second_family_quantized_and_offloaded(make_cfg):
+    cfg = make_cfg("model=tiny_sd3", "quant=nf4", "offload=model", "run.device=cpu")
+    plan, pipe = build(cfg)
+    assert plan.load.quant_components == ["transformer", "text_encoder_3"]
+    assert_quantized(pipe, "nf4", plan.load.quant_components)
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline"
+    assert_real_image(generate(pipe, cfg, plan)[0])
+
+
+def test_group_offload_to_disk_writes_and_reads(make_cfg, tmp_path):
+    cfg = make_cfg("offload=group_block", f"offload.offload_to_disk_path={tmp_path}", "run.device=cpu")
+    plan, pipe = build(cfg)
+    assert_real_image(generate(pipe, cfg, plan)[0])
+    assert list(tmp_path.rglob("*.safetensors")), "group offload wrote nothing to disk"
+
+
+# --- compile: few and representative, sharing the inductor cache (tests/conftest.py) ---
+
+
+def _compiled(module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def test_card_example_nf4_max_autotune_model_offload(make_cfg):
+    """The design card's own example, on CPU: fullgraph is dropped across the offload hooks."""
+    cfg = make_cfg("quant=nf4", "compile=max_autotune", "offload=model", "run.device=cpu")
+    plan, pipe = build(cfg)
+    assert plan.compile.kwargs["fullgraph"] is False
+    assert plan.compile.dynamo["cache_size_limit"] == 1000
+    assert_quantized(pipe, "nf4", ["transformer", "text_encoder_2"])
+    assert _compiled(pipe.transformer)
+    from qco.measure import compile_settings
+
+    with compile_settings(plan.compile.dynamo, plan.compile.inductor):
+        assert torch._dynamo.config.cache_size_limit == 1000
+        assert_real_image(generate(pipe, cfg, plan)[0])
+
+
+def test_regional_compile_compiles_each_block(make_cfg):
+    cfg = make_cfg("compile=regional", "run.device=cpu")
+    plan, pipe = build(cfg)
+    blocks = list(pipe.transformer.transformer_blocks) + list(pipe.transformer.single_transformer_blocks)
+    assert all(_compiled(block) for block in blocks)
+    assert not _compiled(pipe.transformer)
+    torch._dynamo.reset()
+    counter = torch._dynamo.utils.counters
+    counter.clear()
+    assert_real_image(generate(pipe, cfg, plan)[0])
+    assert counter["stats"]["unique_graphs"] >= 1  # dynamo really captured graphs
+
+
+@pytest.mark.parametrize("overrides,rule", [
+    (["quant=nf4", "compile=default"], "bitsandbytes_4bit_compile_on_cpu"),
+    (["model=tiny_sd3", "compile=regional"], "regional_needs_repeated_blocks"),
+    (["offload=group_block", "offload.use_stream=true"], "streams_need_cuda"),
+])
+def test_refused_compile_combinations_on_cpu(overrides, rule, make_cfg):
+    with pytest.raises(QcoError, match=rule):
+        build(make_cfg(*overrides, "run.device=cpu"))
