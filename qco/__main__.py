@@ -11,30 +11,42 @@ from qco.config import register_configs
 from qco.errors import EXIT_USER_ERROR, QcoError
 from qco.user_errors import one_line
 
+# Set when the user asked for tracebacks; read once, before main() sets the variable itself.
+WANTS_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def exit_with(lines) -> None:
+    for line in lines:
+        print(f"qco: error: {line}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
 
 @hydra.main(version_base="1.3", config_path="pkg://qco.conf", config_name="config")
 def app(cfg) -> None:
     from qco.run import run  # imports torch and diffusers: only once the config composed
 
     hydra_cfg = HydraConfig.get()
-    run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    try:
+        run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    except QcoError as error:
+        if WANTS_TRACEBACK:
+            raise
+        # exit here, inside the job: an exception would make Hydra print its own report first
+        exit_with(error.lines)
 
 
 def main() -> None:
     register_configs()
-    # Hydra prints its own multi-line report for a bad override unless HYDRA_FULL_ERROR is set; we
-    # set it so the exception reaches us and becomes one line. A user who set it gets the traceback.
-    wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # Hydra prints a multi-line report for a bad override unless HYDRA_FULL_ERROR is set; setting
+    # it lets the exception reach us and become one line. A user who set it gets the traceback.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
     except Exception as error:
-        lines = None if wants_traceback else one_line(error)
+        lines = None if WANTS_TRACEBACK else one_line(error, sys.argv[1:])
         if lines is None:
             raise
-        for line in lines:
-            print(f"qco: error: {line}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        exit_with(lines)
 
 
 if __name__ == "__main__":

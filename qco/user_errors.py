@@ -1,32 +1,55 @@
-"""Turn the exceptions a user's input can cause into one line each: the key, the value, what is
-allowed, the fix. Anything else is a bug and keeps its traceback."""
+"""Turn the exceptions a user's command line can cause while Hydra composes into one line each:
+the key, the value, what is allowed, the fix. Anything else is a bug and keeps its traceback."""
 
 from typing import List, Optional
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from qco.errors import QcoError
 
+SHOW_KEYS = "`python -m qco --cfg job` prints every key"
 
-def one_line(error: BaseException) -> Optional[List[str]]:
+
+def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
     if isinstance(error, QcoError):
         return error.lines
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
         if error.options:
-            allowed = ", ".join(sorted(error.options))
-            return [f"{group}={option}: no such option; allowed: {allowed}; fix: e.g. {group}={sorted(error.options)[0]}"]
+            allowed = sorted(error.options)
+            return [f"{group}={option}: no such option; allowed: {', '.join(allowed)}; "
+                    f"fix: e.g. {group}={allowed[0]}, or add {group}/{option}.yaml through --config-dir"]
         return [f"{error.missing_cfg_file}: no such config; fix: check the name and --config-dir"]
     if isinstance(error, OverrideParseException):
-        return [f"cannot parse the override: {_first_line(error)}; fix: write group=option or key=value"]
+        return [f"{_unparsable(args) or 'an override'}: cannot parse it ({_first_line(error)}); "
+                "fix: write group=option or key=value, quoting values that hold spaces or '='"]
     if isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):
         cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
-        key = getattr(cause, "full_key", None)
+        key = getattr(cause, "full_key", None) or ""
         message = _first_line(cause)
-        head = _first_line(error) if cause is not error else ""
-        text = f"{head}: {message}" if head and head != message else message
-        return [f"{key}: {text}" if key and key not in text else text]
+        if cause is not error and _first_line(error) not in message:
+            message = f"{_first_line(error)}: {message}"
+        prefix = f"{key}: " if key and key not in message else ""
+        if not key:
+            prefix = ", ".join(a for a in args if "=" in a and a.split("=")[0].lstrip("+~") in message) + ": "
+        unknown_key = isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not key
+        fix = "check the key's name (" if unknown_key else f"give {key} a value of its type ("
+        return [f"{prefix.lstrip(': ')}{message}; fix: {fix}{SHOW_KEYS})"]
+    return None
+
+
+def _unparsable(args: List[str]) -> Optional[str]:
+    """The first command-line override that Hydra's own grammar rejects."""
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        try:
+            parser.parse_override(arg)
+        except Exception:  # Hydra raises HydraException from its grammar's error listener
+            return repr(arg)
     return None
 
 

@@ -1,0 +1,181 @@
+"""Bad input on the command line: `python -m qco <overrides>` in a subprocess must exit with 2 and
+print one `qco: error:` line per problem on stderr (key=value, what is allowed, the fix), with no
+traceback and no other error text, and must leave earlier outputs alone.
+
+Each run costs a fresh interpreter: the cases that fail while Hydra composes take under a second,
+the ones that get as far as qco.run import torch and diffusers first (about 6-8 s each)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXIT_USER_ERROR = 2
+PREFIX = "qco: error:"
+
+# Lines on stderr that are logging or warning output of the libraries qco imports, not part of
+# qco's report. Kept narrow on purpose: any other line counts as output the user sees.
+_NOISE_LINE = [
+    # Python logging in Hydra's format: [2026-01-01 12:00:00,000][name][WARNING] - ...
+    re.compile(r"^\[\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3}\]\[[\w.]+\]\[(DEBUG|INFO|WARNING)\] - "),
+    # torch's glog-style info/warning lines: W1127 14:55:49.078000 6553 site-packages/torch/...
+    re.compile(r"^[IW]\d{4} \d{2}:\d{2}:\d{2}\.\d+\s+\d+ "),
+    # transformers' logger (its own handler, prefixed with the library name)
+    re.compile(r"^\[transformers\] "),
+    # diffusers' logger warnings (printed unformatted by diffusers' own handler)
+    re.compile(r"^Unable to import `torchao` Tensor objects\. "),  # diffusers/quantizers/torchao
+    re.compile(r"^Couldn't connect to the Hub: "),  # diffusers/pipelines/pipeline_utils.py
+    re.compile(r"^Will try to load from local cache\.$"),  # ... second line of the same warning
+]
+# warnings.showwarning: "path:line: SomeWarning: message", then the indented source line
+_WARNING_HEADER = re.compile(r"^\S.*:\d+: \w*Warning: ")
+
+
+class ExtraStderrLines(AssertionError):
+    """stderr holds lines besides the qco: error lines and library logging/warning noise."""
+
+
+class UnclearMessage(AssertionError):
+    """The qco: error line does not name what the user typed (key, value) or the expected hint."""
+
+
+def report_lines(stderr: str):
+    """stderr's non-empty lines that are not logging/warning noise."""
+    kept, in_warning = [], False
+    for line in stderr.splitlines():
+        if not line.strip():
+            continue
+        if in_warning and line[:1].isspace():
+            continue  # the source line warnings.showwarning prints under its header
+        in_warning = bool(_WARNING_HEADER.match(line))
+        if in_warning or any(p.match(line) for p in _NOISE_LINE):
+            continue
+        kept.append(line)
+    return kept
+
+
+def qco(args, cwd: Path, tmp: Path, full_error: bool = False, timeout: int = 180):
+    env = os.environ.copy()
+    env.pop("HYDRA_FULL_ERROR", None)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["QCO_MODEL_CACHE"] = str(tmp / "qco-models")
+    env["HF_HOME"] = str(tmp / "hf-home")  # an empty Hugging Face cache: no hub model is available
+    if full_error:
+        env["HYDRA_FULL_ERROR"] = "1"
+    return subprocess.run([sys.executable, "-m", "qco", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def describe(result) -> str:
+    return f"exit code {result.returncode}\n--- stderr ---\n{result.stderr}\n--- stdout ---\n{result.stdout}"
+
+
+def check_one_line_errors(result, expected_lines: int = 1):
+    """Exit 2, no traceback, at least one qco: error line, and nothing else on stderr but noise.
+    Returns the qco: error lines."""
+    assert result.returncode == EXIT_USER_ERROR, describe(result)
+    assert "Traceback" not in result.stderr, describe(result)
+    assert "Traceback" not in result.stdout, describe(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith(PREFIX)]
+    assert errors, describe(result)
+    assert len(errors) == expected_lines, describe(result)
+    others = [line for line in report_lines(result.stderr) if not line.startswith(PREFIX)]
+    return errors, others
+
+
+def _after_compose(case_id, overrides, must_contain, lines=1):
+    return pytest.param(overrides, must_contain, lines, id=case_id)
+
+
+CASES = [
+    # --- errors while Hydra composes the config ---
+    pytest.param(["quant=nf5"], [["quant=nf5", "nf4", "torchao_int8wo"]], 1, id="01-quant=nf5"),
+    pytest.param(["compile=fast"], [["compile=fast", "max_autotune", "regional"]], 1, id="02-compile=fast"),
+    pytest.param(["run.steps=abc"], [["run.steps", "abc"]], 1, id="03-run.steps=abc"),
+    # --- errors found by qco's checks, refusals, load failures (after composing) ---
+    _after_compose("04-run.steps=0", ["run.steps=0"], [["run.steps=0", "at least 1"]]),
+    _after_compose("05-run.height=1000", ["run.height=1000"], [["run.height=1000", "992 or 1008"]]),
+    _after_compose("06-run.height=0+run.steps=0", ["run.height=0", "run.steps=0"],
+                   [["run.height=0", "fix: run.height=16"], ["run.steps=0", "at least 1"]], lines=2),
+    _after_compose("07-model.path=/nonexistent/folder", ["model.path=/nonexistent/folder"],
+                   [["model.path=/nonexistent/folder", "no such folder"]]),
+    _after_compose("08-model=flux_dev-offline", ["model=flux_dev"],
+                   [["model.id=black-forest-labs/FLUX.1-dev", "model.path"]]),
+    _after_compose("09-offload=sequential-on-cpu", ["offload=sequential"], [["offload=sequential", "sequential"]]),
+    _after_compose("10-quant=torchao_fp8-on-cpu", ["quant=torchao_fp8"], [["quant=torchao_fp8", "8.9"]]),
+    _after_compose("11-run.device=cuda-without-gpu", ["run.device=cuda"], [["run.device=cuda"]]),
+    # --- more composition errors ---
+    pytest.param(["run.nonexistent_key=1"], [["run.nonexistent_key"]], 1, id="12-run.nonexistent_key=1"),
+    pytest.param(["quant="], [["quant=", "nf4"]], 1, id="13a-quant=(empty)"),
+    pytest.param(["quant=nf4=x"], [["quant=nf4=x", "fix:"]], 1, id="13b-quant=nf4=x"),
+    pytest.param(["=nf4"], [["=nf4", "fix:"]], 1, id="13c-=nf4"),
+]
+
+
+@pytest.mark.parametrize("overrides, must_contain, lines", CASES)
+def test_bad_input_is_one_line_and_exit_2(overrides, must_contain, lines, tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = qco(overrides, cwd, tmp_path)
+    errors, others = check_one_line_errors(result, expected_lines=lines)
+
+    # each expected message is on a line of its own (all problems reported in one run)
+    unmatched = list(errors)
+    for needles in must_contain:
+        line = next((e for e in unmatched if all(n in e for n in needles)), None)
+        if line is None:
+            raise UnclearMessage(f"no qco: error line holds all of {needles}\n{describe(result)}")
+        unmatched.remove(line)
+
+    if others:
+        raise ExtraStderrLines(f"stderr lines besides the qco: error lines: {others}\n{describe(result)}")
+
+
+def test_hydra_full_error_keeps_the_traceback(tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = qco(["quant=nf5"], cwd, tmp_path, full_error=True)
+    assert result.returncode != 0, describe(result)
+    assert "Traceback" in result.stderr, describe(result)
+    assert "nf5" in result.stderr, describe(result)
+
+
+def _snapshot(folder: Path):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_bad_input_leaves_earlier_outputs_alone(tmp_path):
+    cwd = tmp_path / "cwd"
+    old = cwd / "outputs" / "runs" / "old"
+    (old / ".hydra").mkdir(parents=True)
+    old_results = json.dumps({"status": "ok", "combination": "model=tiny_flux quant=none",
+                              "timings": {"latency_s": {"median": 1.25}}}, indent=2).encode()
+    (old / "results.json").write_bytes(old_results)
+    (old / "image_0.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    (old / ".hydra" / "config.yaml").write_bytes(b"run:\n  steps: 2\n")
+    before = _snapshot(cwd / "outputs")
+    dirs_before = {p for p in (cwd / "outputs").rglob("*") if p.is_dir()}
+
+    result = qco(["run.steps=0"], cwd, tmp_path)
+    assert result.returncode == EXIT_USER_ERROR, describe(result)
+    assert "Traceback" not in result.stderr, describe(result)
+
+    assert (old / "results.json").read_bytes() == old_results
+    after = _snapshot(cwd / "outputs")
+    for name, content in before.items():
+        assert after.get(name) == content, f"outputs/{name} changed or vanished"
+
+    # anything new lies inside a new run directory (one Hydra made: it holds .hydra/)
+    new_run_dirs = {p.parent for p in (cwd / "outputs").rglob(".hydra")
+                    if p.is_dir() and p.parent not in dirs_before}
+    for name in set(after) - set(before):
+        path = cwd / "outputs" / name
+        assert any(d in path.parents for d in new_run_dirs), f"outputs/{name}: written outside a new run directory"
+    for run_dir in new_run_dirs:
+        record = json.loads((run_dir / "results.json").read_text())
+        assert record["status"] == "refused", record
+        assert "run.steps=0" in record["reason"], record
