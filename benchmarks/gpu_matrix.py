@@ -66,8 +66,11 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--device", default="cuda", help="cpu for a rehearsal on a machine without a GPU")
+    parser.add_argument("--only", nargs="*", help="run only the combinations whose overrides hold all of these")
     args = parser.parse_args()
     combos = [[f"quant={q}", f"offload={o}"] for q, o in itertools.product(QUANTS, OFFLOADS)] + EXTRA
+    if args.only:
+        combos = [c for c in combos if all(part in c for part in args.only)]
     run_one(["quant=none", "offload=none"], args.device)  # builds the tiny models once, before the workers race
     import torch
 

@@ -50,6 +50,13 @@ def _nvidia_driver() -> Optional[str]:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
+def _readable(staging: str) -> None:
+    """mkstemp makes files private (0600); results are shared like any file the user writes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o666 & ~umask)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write beside the target and rename over it: a reader sees the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +66,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
             json.dump(data, handle, indent=2, default=str)
             handle.flush()
             os.fsync(handle.fileno())
+        _readable(staging)
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
@@ -70,6 +78,7 @@ def save_image_atomic(image, path: Path) -> None:
     os.close(fd)
     try:
         image.save(staging, format="PNG")
+        _readable(staging)
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

@@ -101,6 +101,23 @@ RULES: List[Rule] = [
                 "size 2048==64; torch 2.13 + bitsandbytes 0.50.2, full and regional alike); "
                 "mode max-autotune runs",
          fix="compile=max_autotune or compile.mode=max-autotune, or quant=int8 / torchao_int8wo"),
+    Rule("bitsandbytes_block_group_offload",
+         when=lambda p: _bitsandbytes(p) and p.target.is_cuda and p.place.method == "group"
+         and p.place.kwargs["offload_type"] == "block_level",
+         reason="block-level group offloading moves whole blocks with module.to() one way (which moves "
+                "bitsandbytes' quantization state, kept in attributes of each weight) and only the weights' "
+                "storage (param.data) the other, so the state is left on the CPU under weights on the GPU: "
+                "nf4/fp4 fail with CUBLAS_STATUS_EXECUTION_FAILED or an illegal memory access, int8 with "
+                "'Expected a cuda device, but got: cpu' (streams on or off; diffusers 0.42.1, bitsandbytes "
+                "0.50.2, H200: benchmarks/results/gpu_matrix.md)",
+         fix="offload=group_leaf (leaf level with streams runs), or offload=model (the seed's choice for images)"),
+    Rule("bitsandbytes_4bit_sequential_offload",
+         when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and p.target.is_cuda
+         and p.place.method == "sequential",
+         reason="sequential offload re-creates each weight from the meta device at every call, which "
+                "bitsandbytes' 4-bit parameters cannot do (NotImplementedError: Cannot copy out of meta "
+                "tensor; no data!, in accelerate's set_module_tensor_to_device; H200)",
+         fix="offload=group_leaf or offload=model, or quant=int8 (which runs with sequential offload)"),
     Rule("regional_needs_repeated_blocks", when=_no_regional_blocks,
          reason="compile_repeated_blocks compiles the classes listed in the denoiser's _repeated_blocks, "
                 "and this denoiser class lists none",
