@@ -44,3 +44,23 @@ def test_seed_dynamo_settings_are_config_values(make_cfg):
     assert cfg.compile.dynamo.capture_dynamic_output_shape_ops is True
     assert cfg.compile.dynamo_with_offload.cache_size_limit == 1000
     assert (cfg.compile.mode, cfg.compile.fullgraph, cfg.compile.channels_last) == ("max-autotune", True, True)
+
+
+def test_user_config_dir_adds_options_without_editing_the_package(tmp_path):
+    """A user's own model and quant files, found through Hydra's --config-dir, extending ours."""
+    import subprocess
+    import sys
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "quant").mkdir()
+    (tmp_path / "model" / "my_flux.yaml").write_text(
+        "defaults:\n  - tiny_flux\n  - _self_\nname: my_flux\nrun_defaults: {steps: 3}\n")
+    (tmp_path / "quant" / "nf4_transformer.yaml").write_text(
+        "defaults:\n  - nf4\n  - _self_\nname: nf4_transformer\ncomponents: [transformer]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "qco", "--config-dir", str(tmp_path), "model=my_flux", "quant=nf4_transformer",
+         "run.dry_run=true", "--cfg", "job", "--resolve"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "name: my_flux" in result.stdout and "steps: 3" in result.stdout
+    assert "name: nf4_transformer" in result.stdout and "- transformer\n" in result.stdout

@@ -1,0 +1,88 @@
+"""The combination rules on both kinds of target. GPU targets are checked here through the plan
+alone (no weights, no GPU needed); the GPU runs themselves are in benchmarks/results."""
+
+import pytest
+
+from qco.errors import QcoError
+from qco.plan import draft_plan
+from qco.rules import RULES, apply_rules
+from qco.target import Target
+
+H200 = Target("cuda:0", (9, 0), "NVIDIA H200")
+AMPERE = Target("cuda:0", (8, 0), "NVIDIA A100")
+CPU = Target("cpu")
+
+
+def plan_for(make_cfg, target, *overrides):
+    return apply_rules(draft_plan(make_cfg(*overrides), target), " ".join(overrides))
+
+
+def test_every_rule_has_a_reason_and_refusals_a_fix():
+    for rule in RULES:
+        assert len(rule.reason) > 40, rule.name
+        assert rule.adjust is not None or rule.fix, rule.name
+    assert len({rule.name for rule in RULES}) == len(RULES)
+
+
+def test_card_example_on_gpu_drops_fullgraph_and_raises_recompile_limit(make_cfg):
+    plan = plan_for(make_cfg, H200, "quant=nf4", "compile=max_autotune", "offload=model")
+    assert plan.compile.kwargs == {"mode": "max-autotune", "fullgraph": False, "dynamic": None}
+    assert plan.compile.dynamo == {"capture_dynamic_output_shape_ops": True, "cache_size_limit": 1000}
+    assert plan.load.device_map is None and not plan.load.bitsandbytes_on_cpu  # quantized on the GPU
+    assert plan.place.method == "model" and plan.place.kwargs == {"device": "cuda:0"}
+    assert [note.split(" (")[0] for note in plan.notes] == [
+        "compile.fullgraph: true -> false", "compile.dynamo += {'cache_size_limit': 1000}"]
+
+
+def test_compile_without_offload_keeps_fullgraph(make_cfg):
+    plan = plan_for(make_cfg, H200, "quant=nf4", "compile=max_autotune")
+    assert plan.compile.kwargs["fullgraph"] is True
+    assert "cache_size_limit" not in plan.compile.dynamo
+    assert plan.notes == []
+
+
+def test_group_offload_streams_follow_the_device(make_cfg):
+    assert plan_for(make_cfg, H200, "offload=group_block").place.kwargs["use_stream"] is True
+    assert plan_for(make_cfg, CPU, "offload=group_block").place.kwargs["use_stream"] is False
+    assert plan_for(make_cfg, H200, "offload=group_block", "offload.use_stream=false").place.kwargs["use_stream"] is False
+
+
+@pytest.mark.parametrize("target,overrides,rule", [
+    (H200, ["quant=nf4", "offload=group_block"], "bitsandbytes_block_group_offload"),
+    (H200, ["quant=int8", "offload=group_block", "offload.use_stream=false"], "bitsandbytes_block_group_offload"),
+    (H200, ["quant=fp4", "offload=sequential"], "bitsandbytes_4bit_sequential_offload"),
+    (AMPERE, ["quant=torchao_fp8"], "fp8_needs_sm89"),
+    (CPU, ["quant=torchao_fp8"], "fp8_needs_sm89"),
+    (CPU, ["offload=sequential"], "sequential_needs_accelerator"),
+    (H200, ["model=tiny_sd3", "compile=regional"], "regional_needs_repeated_blocks"),
+])
+def test_refusals(target, overrides, rule, make_cfg):
+    with pytest.raises(QcoError, match=rule) as error:
+        plan_for(make_cfg, target, *overrides)
+    assert all(line.startswith("refused before loading") and "fix:" in line for line in error.value.lines)
+
+
+@pytest.mark.parametrize("target,overrides", [
+    (H200, ["quant=nf4", "offload=group_leaf"]),  # leaf level with streams runs (gpu_matrix.md)
+    (H200, ["quant=int8", "offload=sequential"]),
+    (H200, ["quant=nf4", "offload=model"]),
+    (H200, ["quant=torchao_fp8", "compile=max_autotune"]),
+])
+def test_runs_that_are_not_refused(target, overrides, make_cfg):
+    pytest.importorskip("torchao")
+    plan_for(make_cfg, target, *overrides)
+
+
+def test_several_refusals_are_reported_together(make_cfg):
+    with pytest.raises(QcoError) as error:
+        plan_for(make_cfg, CPU, "quant=torchao_fp8", "offload=sequential")
+    assert len(error.value.lines) == 2
+
+
+def test_quantized_components_follow_the_model(make_cfg):
+    assert plan_for(make_cfg, CPU, "quant=nf4").load.quant_components == ["transformer", "text_encoder_2"]
+    assert plan_for(make_cfg, CPU, "model=tiny_sd3", "quant=nf4").load.quant_components == [
+        "transformer", "text_encoder_3"]
+    plan = plan_for(make_cfg, CPU, "quant=nf4", "quant.components=[transformer,text_encoder_3]")
+    assert plan.load.quant_components == ["transformer"]
+    assert any(note.startswith("quant.components: ['text_encoder_3'] left out") for note in plan.notes)
