@@ -66,7 +66,9 @@ class Plan:
             quant = f"quantized at load: {what} on {', '.join(load.quant_components)}"
         lines = [f"load     {load.pipeline}.from_pretrained({load.source or self.model}, dtype={load.dtype}"
                  f"{', device_map=' + load.device_map if load.device_map else ''})  [{quant}]"]
-        if self.place.method is None:
+        if self.place.method is None and load.device_map:
+            lines.append(f"place    (already on {load.device_map} through device_map)")
+        elif self.place.method is None:
             lines.append(f"place    pipe.to({self.place.kwargs['device']})")
         else:
             lines.append(f"place    pipe.{PLACE_CALLS[self.place.method]}({_kwargs(self.place.kwargs)})")
@@ -117,6 +119,8 @@ def draft_plan(cfg, target: Target) -> Plan:
             "offload_to_disk_path": offload.offload_to_disk_path,
         })
     else:
+        # the execution device is named even on a CPU: enable_model_cpu_offload() alone refuses
+        # without an accelerator, with device="cpu" its hooks attach and fire (findings.md)
         place = PlaceStep(offload.method, {"device": target.device})
     compile_step = CompileStep(method=comp.method, component=cfg.model.denoiser)
     if comp.method is not None:

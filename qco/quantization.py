@@ -24,9 +24,8 @@ def quantization_config(load: LoadStep):
         method = getattr(torchao.quantization, load.quant_method)
         mapping = {name: TorchAoConfig(method(**kwargs)) for name in load.quant_components}
         return PipelineQuantizationConfig(quant_mapping=mapping)
-    for key in ("bnb_4bit_compute_dtype",):
-        if isinstance(kwargs.get(key), str):
-            kwargs[key] = getattr(torch, kwargs[key])
+    if isinstance(kwargs.get("bnb_4bit_compute_dtype"), str):  # "${run.dtype}" in the YAML
+        kwargs["bnb_4bit_compute_dtype"] = getattr(torch, kwargs["bnb_4bit_compute_dtype"])
     return PipelineQuantizationConfig(
         quant_backend=load.quant_backend, quant_kwargs=kwargs, components_to_quantize=load.quant_components
     )

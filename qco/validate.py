@@ -4,8 +4,6 @@ run reports them all, each on its own line: key=value, what is allowed, how to f
 from pathlib import Path
 from typing import List
 
-import torch
-
 DTYPES = ("bfloat16", "float16", "float32")
 COMPILE_METHODS = (None, "full", "regional")
 OFFLOAD_METHODS = (None, "model", "sequential", "group")
@@ -84,7 +82,3 @@ def _check_methods(cfg) -> List[str]:
         problems.append(f"quant.components=[]: quant={cfg.quant.name} quantizes nothing; "
                         f"fix: quant.components=[{cfg.model.denoiser}] or quant=none")
     return problems
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return getattr(torch, name)
