@@ -6,6 +6,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from qco.config import register_configs
 from qco.errors import EXIT_USER_ERROR, QcoError
@@ -22,12 +23,18 @@ def exit_with(lines) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://qco.conf", config_name="config")
-def app(cfg) -> None:
+def app(cfg):
+    hydra_cfg = HydraConfig.get()
+    run_dir, overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        from qco.sweep.job import sweep_job
+
+        return sweep_job(cfg, run_dir, overrides)  # never raises for a bad row: the sweep goes on
+
     from qco.run import run  # imports torch and diffusers: only once the config composed
 
-    hydra_cfg = HydraConfig.get()
     try:
-        run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+        run(cfg, run_dir, overrides)
     except QcoError as error:
         if WANTS_TRACEBACK:
             raise

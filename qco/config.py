@@ -98,6 +98,13 @@ class RunConfig:
 
 
 @dataclass
+class SweepConfig:
+    retry_failed: bool = False  # a rerun skips recorded combinations; true reruns the failed ones
+    objective: List[str] = field(default_factory=lambda: ["latency", "memory"])  # what a search minimises
+    memory_budget_gb: Optional[float] = None  # a search: combinations above it score as failed
+
+
+@dataclass
 class PathsConfig:
     models: str = MISSING  # where built-from-config models are cached
 
@@ -109,8 +116,12 @@ class Config:
     compile: CompileConfig = MISSING
     offload: OffloadConfig = MISSING
     run: RunConfig = MISSING
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 def register_configs() -> None:
+    from qco.resolvers import register_resolvers
+
     ConfigStore.instance().store(name="qco_schema", node=Config)
+    register_resolvers()

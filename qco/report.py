@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -57,13 +57,13 @@ def _readable(staging: str) -> None:
     os.chmod(staging, 0o666 & ~umask)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_atomic(path: Path, write: Callable, binary: bool = False) -> None:
     """Write beside the target and rename over it: a reader sees the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=str)
+        with os.fdopen(fd, "wb" if binary else "w") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         _readable(staging)
@@ -73,16 +73,32 @@ def write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
+def write_json_atomic(path: Path, data: dict) -> None:
+    write_atomic(path, lambda handle: json.dump(data, handle, indent=2, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda handle: handle.write(text))
+
+
 def save_image_atomic(image, path: Path) -> None:
-    fd, staging = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(staging, format="PNG")
-        _readable(staging)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: image.save(handle, format="PNG"), binary=True)
+
+
+RERUN_CONFIG = "rerun"
+
+
+def write_rerun_config(run_dir: Path, cfg) -> None:
+    """rerun.yaml: the run's resolved config on qco's schema, so that
+    `python -m qco --config-dir RUN_DIR --config-name rerun` runs it again as it was resolved."""
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
+    header = (f"# python -m qco --config-dir {run_dir} --config-name {RERUN_CONFIG}\n"
+              "# This run's config, resolved; overrides on that command line still apply.\n"
+              "defaults:\n  - qco_schema\n  - _self_\n"
+              "hydra:\n  run:\n    dir: outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}\n")
+    write_text_atomic(run_dir / f"{RERUN_CONFIG}.yaml", header + resolved)
 
 
 def _gb(value) -> str:

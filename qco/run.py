@@ -13,7 +13,7 @@ from qco.errors import QcoError
 from qco.measure import DeviceMemory, HostMemory, compile_settings, component_sizes_gb, measure_calls, stats
 from qco.models.source import resolve_source
 from qco.plan import Plan, draft_plan
-from qco.report import environment, save_image_atomic, summary_table, write_json_atomic
+from qco.report import environment, save_image_atomic, summary_table, write_json_atomic, write_rerun_config
 from qco.rules import apply_rules
 from qco.target import resolve_target
 from qco.validate import check_values
@@ -41,6 +41,7 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
     record = {"status": "running", "combination": combination(cfg), "overrides": list(overrides or []),
               "config": OmegaConf.to_container(cfg, resolve=True)}
     try:
+        write_rerun_config(run_dir, cfg)
         plan = check_and_plan(cfg)
         record["plan"] = plan.as_dict()
         for line in plan.describe():

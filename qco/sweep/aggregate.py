@@ -1,0 +1,152 @@
+"""One table, one picture and one grid of images from a sweep directory (also a partial one).
+
+    python -m qco.sweep.aggregate outputs/sweeps/<name>
+
+writes sweep.md, sweep.csv, sweep.json, pareto.png and grid.png into it and prints the table."""
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from qco.report import write_atomic, write_json_atomic, write_text_atomic
+
+COLUMNS = ["job", "status", "latency_s", "latency_stdev_s", "first_call_s", "peak_allocated_gb",
+           "peak_reserved_gb", "host_peak_gb", "reason"]
+
+
+def load_rows(sweep_dir: Path) -> List[dict]:
+    rows = _read_rows(sweep_dir)
+    # label each row by what sets it apart: overrides every row shares say nothing
+    shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
+    for row in rows:
+        row["job"] = ",".join(o for o in row.pop("overrides") if o not in shared) or row["job"]
+    return rows
+
+
+def _read_rows(sweep_dir: Path) -> List[dict]:
+    rows = []
+    for path in sorted(sweep_dir.glob("*/results.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            rows.append({"job": path.parent.name, "overrides": [], "status": "unreadable",
+                         "reason": f"results.json cannot be read ({type(error).__name__})", "dir": path.parent})
+            continue
+        row = {"job": path.parent.name, "overrides": list(record.get("overrides") or []),
+               "status": record.get("status"), "reason": record.get("reason", ""), "dir": path.parent}
+        if record.get("status") == "ok":
+            t, m = record["timings"], record["memory"]
+            row.update(latency_s=t["latency_s"]["mean"], latency_stdev_s=t["latency_s"]["stdev"],
+                       first_call_s=t["first_call_s"], peak_allocated_gb=m["peak_allocated_gb"],
+                       peak_reserved_gb=m["peak_reserved_gb"], host_peak_gb=m["host_peak_gb"],
+                       images=[str(path.parent / name) for name in record.get("images", [])],
+                       reason="; ".join(n.split(" (")[0] for n in record.get("plan", {}).get("notes", [])))
+        rows.append(row)
+    return rows
+
+
+def memory_of(row: dict) -> Optional[float]:
+    """GPU peak allocated where there is one, else the host's peak (a CPU run)."""
+    return row.get("peak_allocated_gb") if row.get("peak_allocated_gb") is not None else row.get("host_peak_gb")
+
+
+def pareto_front(rows: List[dict]) -> List[dict]:
+    """Rows no other row beats on both latency and memory."""
+    done = [r for r in rows if r.get("status") == "ok"]
+    return [r for r in done if not any(
+        o is not r and o["latency_s"] <= r["latency_s"] and memory_of(o) <= memory_of(r)
+        and (o["latency_s"] < r["latency_s"] or memory_of(o) < memory_of(r)) for o in done)]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value).replace("|", "/")
+
+
+def markdown(rows: List[dict]) -> str:
+    front = {id(r) for r in pareto_front(rows)}
+    lines = ["| " + " | ".join(COLUMNS + ["pareto"]) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + f" | {'*' if id(row) in front else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto(rows: List[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r.get("status") == "ok"]
+    front = sorted(pareto_front(rows), key=memory_of)
+    gpu = any(r.get("peak_allocated_gb") is not None for r in done)
+    figure, axes = plt.subplots(figsize=(9, 6))
+    axes.scatter([memory_of(r) for r in done], [r["latency_s"] for r in done], color="tab:blue", zorder=2)
+    axes.plot([memory_of(r) for r in front], [r["latency_s"] for r in front], "o-", color="tab:red",
+              label="Pareto front", zorder=3)
+    for row in done:
+        axes.annotate(row["job"], (memory_of(row), row["latency_s"]), fontsize=7, xytext=(4, 4),
+                      textcoords="offset points")
+    axes.set_xlabel("peak GPU memory allocated (GB)" if gpu else "peak host memory (GB)")
+    axes.set_ylabel("latency per call (s)")
+    failed = len(rows) - len(done)
+    axes.set_title(f"latency vs memory: {len(done)} ran" + (f", {failed} refused or failed" if failed else ""))
+    axes.legend()
+    axes.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def image_grid(rows: List[dict], path: Path, tile: int = 256) -> None:
+    from PIL import Image, ImageDraw
+
+    done = [r for r in rows if r.get("status") == "ok" and r.get("images")]
+    if not done:
+        return
+    columns = min(4, len(done))
+    label_height = 28
+    grid = Image.new("RGB", (columns * tile, -(-len(done) // columns) * (tile + label_height)), "white")
+    draw = ImageDraw.Draw(grid)
+    for index, row in enumerate(done):
+        x, y = index % columns * tile, index // columns * (tile + label_height)
+        with Image.open(row["images"][0]) as image:
+            grid.paste(image.convert("RGB").resize((tile, tile)), (x, y))
+        draw.text((x + 4, y + tile + 2), row["job"][:48], fill="black")
+        draw.text((x + 4, y + tile + 14), f"{row['latency_s']:.3f} s", fill="black")
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda handle: handle.write(data), binary=True)
+
+
+def aggregate(sweep_dir: Path) -> List[dict]:
+    rows = load_rows(sweep_dir)
+    table = markdown(rows)
+    write_text_atomic(sweep_dir / "sweep.md", table)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(sweep_dir / "sweep.csv", text.getvalue())
+    write_json_atomic(sweep_dir / "sweep.json", {"rows": [{k: v for k, v in r.items() if k != "dir"} for r in rows],
+                                                 "pareto": [r["job"] for r in pareto_front(rows)]})
+    plot_pareto(rows, sweep_dir / "pareto.png")
+    image_grid(rows, sweep_dir / "grid.png")
+    print(table)
+    print(f"sweep: {sweep_dir} (sweep.md, sweep.csv, sweep.json, pareto.png, grid.png)")
+    return rows
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        sys.exit("usage: python -m qco.sweep.aggregate SWEEP_DIR")
+    aggregate(Path(sys.argv[1]))

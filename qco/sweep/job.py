@@ -1,0 +1,55 @@
+"""A job of a multirun: skip it if already recorded, else run it isolated; return its objectives
+for a search sweeper (Optuna), which minimises what this returns."""
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import List, Tuple, Union
+
+from qco.sweep.devices import gpu_lease
+from qco.sweep.isolate import run_isolated
+from qco.sweep.resume import recorded
+
+log = logging.getLogger(__name__)
+
+FAILED = math.inf  # what a refused or failed combination scores: never on the front, never the best
+
+
+def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[float, ...]]:
+    record = recorded(run_dir, cfg.sweep.retry_failed)
+    if record is not None:
+        log.info("Skipping %s: already recorded as %s (sweep.retry_failed=true reruns failed ones)",
+                 run_dir.name, record["status"])
+    else:
+        with gpu_lease() as device:
+            previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if device is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = device  # inherited by the job's process only
+                log.info("Job %s runs on GPU %s", run_dir.name, device)
+            try:
+                record = run_isolated(cfg, run_dir, overrides)
+            finally:
+                if device is not None:
+                    _restore("CUDA_VISIBLE_DEVICES", previous)
+        log.info("Job %s: %s %s", run_dir.name, record["status"], record.get("reason", ""))
+    return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gb)
+
+
+def objectives(record: dict, names: List[str], budget_gb) -> Union[float, Tuple[float, ...]]:
+    if record.get("status") != "ok":
+        values = [FAILED] * len(names)
+    else:
+        memory = record["memory"]["peak_allocated_gb"]
+        memory = record["memory"]["host_peak_gb"] if memory is None else memory
+        latency = record["timings"]["latency_s"]["mean"]
+        over_budget = budget_gb is not None and memory > budget_gb
+        values = [FAILED if over_budget else {"latency": latency, "memory": memory}[name] for name in names]
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _restore(name: str, value) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
