@@ -3,6 +3,7 @@ composed config; tests call it directly."""
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -39,7 +40,7 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
     run still writes results.json, with its status and reason, then raises."""
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"status": "running", "combination": combination(cfg), "overrides": list(overrides or []),
-              "config": OmegaConf.to_container(cfg, resolve=True)}
+              "config": OmegaConf.to_container(cfg, resolve=True), "started_at": time.time(), "pid": os.getpid()}
     try:
         write_rerun_config(run_dir, cfg)
         plan = check_and_plan(cfg)
@@ -61,6 +62,7 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
         record.update(status="failed", reason=f"{type(error).__name__}: {error}".strip())
         raise
     finally:
+        record["finished_at"] = time.time()
         write_json_atomic(run_dir / "results.json", record)
         if record["status"] == "ok":
             print(summary_table(record))

@@ -4,6 +4,8 @@ run reports them all, each on its own line: key=value, what is allowed, how to f
 from pathlib import Path
 from typing import List
 
+from omegaconf import OmegaConf
+
 DTYPES = ("bfloat16", "float16", "float32")
 COMPILE_METHODS = (None, "full", "regional")
 OFFLOAD_METHODS = (None, "model", "sequential", "group")
@@ -14,6 +16,23 @@ QUANT_BACKENDS = (None, "bitsandbytes_4bit", "bitsandbytes_8bit", "torchao")
 def _valid_sizes_near(size: int, multiple: int, largest: int) -> str:
     low = min(max(size // multiple * multiple, multiple), largest // multiple * multiple)
     return str(low) if low >= size or low + multiple > largest else f"{low} or {low + multiple}"
+
+
+OBJECTIVES = ("latency", "memory", "latency_under_budget")
+
+
+def check_sweep(cfg) -> List[str]:
+    """What every job of a sweep shares: checked once, before any job runs."""
+    problems = [f"{key}: required and not set; fix: add {key}=<value> to the command"
+                for key in sorted(OmegaConf.missing_keys(cfg))]
+    for name in cfg.sweep.objective:
+        if name not in OBJECTIVES:
+            problems.append(f"sweep.objective={list(cfg.sweep.objective)}: {name} is not an objective; "
+                            f"allowed: {', '.join(OBJECTIVES)}")
+    if "latency_under_budget" in cfg.sweep.objective and cfg.sweep.memory_budget_gb is None:
+        problems.append("sweep.memory_budget_gb=null: the objective latency_under_budget needs a budget; "
+                        "fix: add sweep.memory_budget_gb=<GB> to the command, e.g. sweep.memory_budget_gb=12")
+    return problems
 
 
 def check_values(cfg) -> List[str]:

@@ -29,10 +29,11 @@ def models_cache(tmp_path_factory) -> Path:
 def make_cfg(models_cache):
     """Compose the packaged config with overrides, as `python -m qco <overrides>` would."""
 
-    def _compose(*overrides: str):
+    def _compose(*overrides: str, hydra: bool = False):
         GlobalHydra.instance().clear()
         with initialize_config_module("qco.conf", version_base="1.3"):
-            return compose("config", overrides=[f"paths.models={models_cache}", *overrides])
+            return compose("config", overrides=[f"paths.models={models_cache}", *overrides],
+                           return_hydra_config=hydra)
 
     yield _compose
     GlobalHydra.instance().clear()

@@ -64,7 +64,7 @@ def pareto_front(rows: List[dict]) -> List[dict]:
 def _cell(value) -> str:
     if value is None:
         return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value).replace("|", "/")
+    return f"{value:.3f}" if isinstance(value, float) else str(value).replace("|", "/").replace("\n", " / ")
 
 
 def markdown(rows: List[dict]) -> str:

@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 from typing import List, Tuple, Union
 
+from qco.errors import QcoError
 from qco.sweep.devices import gpu_lease
 from qco.sweep.isolate import run_isolated
 from qco.sweep.resume import recorded
+from qco.validate import check_sweep
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +19,9 @@ FAILED = math.inf  # what a refused or failed combination scores: never on the f
 
 
 def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[float, ...]]:
+    problems = check_sweep(cfg)
+    if problems:  # the same for every job: stop the sweep with one line rather than run it all
+        raise QcoError(problems)
     record = recorded(run_dir, cfg.sweep.retry_failed)
     if record is not None:
         log.info("Skipping %s: already recorded as %s (sweep.retry_failed=true reruns failed ones)",
@@ -43,8 +48,9 @@ def objectives(record: dict, names: List[str], budget_gb) -> Union[float, Tuple[
         memory = record["memory"]["peak_allocated_gb"]
         memory = record["memory"]["host_peak_gb"] if memory is None else memory
         latency = record["timings"]["latency_s"]["mean"]
-        over_budget = budget_gb is not None and memory > budget_gb
-        values = [FAILED if over_budget else {"latency": latency, "memory": memory}[name] for name in names]
+        fits = budget_gb is None or memory <= budget_gb
+        values = [{"latency": latency, "memory": memory,
+                   "latency_under_budget": latency if fits else FAILED}[name] for name in names]
     return values[0] if len(values) == 1 else tuple(values)
 
 

@@ -1,0 +1,195 @@
+"""Sweeps for real: Hydra multiruns of `python -m qco -m` in a subprocess on the tiny model, each job
+in its own process; the table, the picture and the grid; resume after a kill; re-running a run
+from its own directory; the local multi-process launcher; the GPU lease."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qco.sweep.aggregate import aggregate, pareto_front
+from qco.sweep.devices import gpu_lease
+from qco.sweep.job import objectives
+
+
+def qco(args, cwd: Path, models: Path, timeout=600, **kwargs):
+    env = {**os.environ, "QCO_MODEL_CACHE": str(models), "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "qco", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def records(sweep: Path) -> dict:
+    """Job folder name (the job's overrides, e.g. quant=nf4,run.device=cpu) -> its record."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
+
+
+def job(jobs: dict, *overrides: str) -> dict:
+    (record,) = [r for name, r in jobs.items() if set(overrides) <= set(name.split(","))]
+    return record
+
+
+def test_multirun_writes_table_picture_and_grid(tmp_path, models_cache):
+    result = qco(["-m", "quant=none,nf4", "offload=none,sequential", "run.repeats=1", "run.device=cpu"],
+                 tmp_path, models_cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
+    assert len(sweeps) == 1
+    sweep = sweeps[0]
+    jobs = records(sweep)
+    assert set(jobs) == {f"offload={o},quant={q},run.device=cpu,run.repeats=1"  # named by their overrides
+                         for o in ("none", "sequential") for q in ("none", "nf4")}
+    assert job(jobs, "offload=none", "quant=nf4")["status"] == "ok"
+    refused = job(jobs, "offload=sequential", "quant=nf4")
+    assert refused["status"] == "refused" and "sequential_needs_accelerator" in refused["reason"]
+    pids = {r["pid"] for r in jobs.values()} | {os.getpid()}
+    assert len(pids) == 5  # every job in a process of its own
+    table = json.loads((sweep / "sweep.json").read_text())
+    assert len(table["rows"]) == 4 and table["pareto"]
+    with open(sweep / "sweep.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["status"] for r in rows} == {"ok", "refused"}
+    markdown = (sweep / "sweep.md").read_text()
+    assert "| quant=nf4,offload=sequential | refused |" in markdown  # labelled by what sets the row apart
+    assert "refused" in result.stdout and "pareto" in result.stdout  # the table is printed
+    for picture in ("pareto.png", "grid.png"):
+        with Image.open(sweep / picture) as image:
+            assert image.size[0] > 200 and image.size[1] > 200
+    with Image.open(sweep / "grid.png") as grid:
+        assert grid.size == (2 * 256, 256 + 28)  # the two combinations that ran, side by side
+
+    # the aggregation is rebuilt from the folder alone, also when a job's file is damaged
+    (sweep / "offload=none,quant=none,run.device=cpu,run.repeats=1" / "results.json").write_text("{not json")
+    rebuilt = subprocess.run([sys.executable, "-m", "qco.sweep.aggregate", str(sweep)], capture_output=True,
+                             text=True, timeout=120)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    statuses = [r["status"] for r in json.loads((sweep / "sweep.json").read_text())["rows"]]
+    assert sorted(statuses) == ["ok", "refused", "refused", "unreadable"]
+
+
+def test_killed_sweep_resumes_without_loss_or_repeats(tmp_path, models_cache):
+    args = ["-m", "quant=none,int8,fp4", "run.repeats=1", "run.device=cpu"]
+    env = {**os.environ, "QCO_MODEL_CACHE": str(models_cache), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "qco", *args], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    sweep_root = tmp_path / "outputs" / "sweeps"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(sweep_root.glob("*/*/results.json")):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep and the job running now, mid-flight
+    process.wait()
+    first = records(next(sweep_root.iterdir()))
+    assert 1 <= len(first) < 3
+    assert all(r["status"] == "ok" for r in first.values())  # whole files, nothing half-written
+
+    result = qco(args, tmp_path, models_cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = next(sweep_root.iterdir())
+    after = records(sweep)
+    assert len(after) == 3 and all(r["status"] == "ok" for r in after.values())
+    for name, record in first.items():
+        assert after[name]["pid"] == record["pid"]  # recorded before the kill: not run again
+    assert "Skipping" in result.stdout + result.stderr
+
+
+def test_failed_rows_rerun_only_when_asked(tmp_path, models_cache):
+    args = ["-m", "quant=none,int8", "run.repeats=1", "run.device=cpu"]
+    assert qco(args, tmp_path, models_cache).returncode == 0
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+    failed = sweep / "quant=int8,run.device=cpu,run.repeats=1" / "results.json"
+    failed.write_text(json.dumps({"status": "failed", "reason": "out of memory (planted)", "overrides": ["quant=int8"]}))
+    ok_pid = job(records(sweep), "quant=none")["pid"]
+
+    assert qco(args, tmp_path, models_cache).returncode == 0
+    assert json.loads(failed.read_text())["reason"] == "out of memory (planted)"  # kept as it was
+
+    assert qco([*args, "sweep.retry_failed=true"], tmp_path, models_cache).returncode == 0
+    again = records(sweep)  # the same sweep folder: retry_failed is not part of its name
+    assert job(again, "quant=int8")["status"] == "ok"
+    assert job(again, "quant=none")["pid"] == ok_pid
+
+
+def test_local_launcher_runs_jobs_side_by_side(tmp_path, models_cache):
+    result = qco(["-m", "hydra/launcher=local_gpus", "hydra.launcher.n_jobs=2", "quant=none,int8",
+                  "run.repeats=2", "run.device=cpu"], tmp_path, models_cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = list(records(next((tmp_path / "outputs" / "sweeps").iterdir())).values())
+    assert [r["status"] for r in jobs] == ["ok", "ok"]
+    a, b = jobs
+    assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]  # they overlapped
+
+
+def test_run_reruns_from_its_own_directory(tmp_path, models_cache):
+    first = qco(["quant=int8", "run.repeats=1", "run.seed=7", "run.device=cpu"], tmp_path, models_cache)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run_dir,) = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    command = (run_dir / "rerun.yaml").read_text().splitlines()[0].lstrip("# ").split()
+    assert command[:3] == ["python", "-m", "qco"]
+    second = qco(command[3:], tmp_path, models_cache)
+    assert second.returncode == 0, second.stderr[-3000:]
+    (rerun_dir,) = [d for d in (tmp_path / "outputs" / "runs").glob("*/*") if d != run_dir]
+    before, after = (json.loads((d / "results.json").read_text()) for d in (run_dir, rerun_dir))
+    assert after["config"] == before["config"]
+    assert np.array_equal(np.asarray(Image.open(run_dir / "image_0.png")),
+                          np.asarray(Image.open(rerun_dir / "image_0.png")))
+
+
+def test_optuna_search_under_a_memory_budget(tmp_path, models_cache):
+    """experiment=search_under_budget for real (3 trials, no compile to keep it short)."""
+    missing = qco(["-m", "experiment=search_under_budget"], tmp_path, models_cache)
+    assert missing.returncode == 2 and "qco: error: sweep.memory_budget_gb=null" in missing.stderr
+
+    result = qco(["-m", "experiment=search_under_budget", "sweep.memory_budget_gb=100", "hydra.sweeper.n_trials=3",
+                  "compile=choice(none)", "offload=choice(none,model)", "run.repeats=1", "run.device=cpu"],
+                 tmp_path, models_cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Best parameters" in result.stdout + result.stderr
+    (sweep,) = (tmp_path / "outputs" / "sweeps").glob("*memory_budget_gb=100*")
+    jobs = records(sweep)
+    assert 1 <= len(jobs) <= 3 and all(r["status"] in ("ok", "refused") for r in jobs.values())
+
+
+def test_gpu_lease_never_gives_one_gpu_to_two_jobs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # two GPUs as far as the lease can tell
+    held, events = [], []
+
+    def job(name):
+        with gpu_lease(tmp_path, poll_s=0.05) as device:
+            assert device not in held
+            held.append(device)
+            events.append((name, device))
+            time.sleep(0.3)
+            held.remove(device)
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(d for _, d in events) == ["3", "3", "5", "5"]
+
+
+def test_objectives_for_search_sweepers():
+    ok = {"status": "ok", "timings": {"latency_s": {"mean": 2.0}},
+          "memory": {"peak_allocated_gb": 10.0, "host_peak_gb": 3.0}}
+    assert objectives(ok, ["latency", "memory"], None) == (2.0, 10.0)
+    assert objectives(ok, ["latency_under_budget"], 12.0) == 2.0
+    assert objectives(ok, ["latency_under_budget"], 8.0) == float("inf")  # over the budget
+    assert objectives(ok, ["latency"], 8.0) == 2.0
+    assert objectives({"status": "refused"}, ["latency", "memory"], None) == (float("inf"), float("inf"))
+
+
+def test_pareto_front():
+    rows = [{"job": j, "status": "ok", "latency_s": l, "peak_allocated_gb": m}
+            for j, l, m in [("a", 1.0, 10.0), ("b", 2.0, 5.0), ("c", 2.5, 6.0), ("d", 0.5, 20.0)]]
+    rows.append({"job": "e", "status": "failed"})
+    assert [r["job"] for r in pareto_front(rows)] == ["a", "b", "d"]
