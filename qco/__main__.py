@@ -16,10 +16,10 @@ from qco.user_errors import one_line
 WANTS_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
-def exit_with(lines) -> None:
+def exit_with(lines, code: int = EXIT_USER_ERROR) -> None:
     for line in lines:
         print(f"qco: error: {line}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(code)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://qco.conf", config_name="config")
@@ -39,11 +39,16 @@ def app(cfg):
         if WANTS_TRACEBACK:
             raise
         # exit here, inside the job: an exception would make Hydra print its own report first
-        exit_with(error.lines)
+        exit_with(error.lines, error.exit_code)
 
 
 def main() -> None:
     register_configs()
+    from qco.safety import check_command_line
+
+    problems = check_command_line(sys.argv[1:], Path(__file__).parent / "conf")
+    if problems:  # before Hydra composes or instantiates anything
+        exit_with(problems)
     # Hydra prints a multi-line report for a bad override unless HYDRA_FULL_ERROR is set; setting
     # it lets the exception reach us and become one line. A user who set it gets the traceback.
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -40,7 +40,8 @@ def load_pipeline(load: LoadStep):
             dtype=getattr(torch, load.dtype),
             quantization_config=quantization_config(load),
             device_map=load.device_map,
-            use_safetensors=True,
+            use_safetensors=True,  # never pickle files: loading them can run code
+            trust_remote_code=load.trust_remote_code,
         )
 
 

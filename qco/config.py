@@ -39,6 +39,9 @@ class ModelConfig:
     build: Optional[BuildRecipe] = None  # built from config with random weights when no id/path
     revision: Optional[str] = None
     variant: Optional[str] = None
+    # Never on by default: true lets a model folder or hub repo run Python code it ships (custom
+    # pipelines or components). Weights load from safetensors only, whatever this says.
+    trust_remote_code: bool = False
     denoiser: str = "transformer"  # the component that compile and the quant defaults aim at
     denoiser_class: str = MISSING  # its class, so rules can be checked before any weights load
     quantize: List[str] = field(default_factory=list)  # the components quantized by default
@@ -94,6 +97,7 @@ class RunConfig:
     warmup: int = 1
     repeats: int = 3
     batch: int = 1
+    memory_limit_gb: Optional[float] = None  # cap GPU memory, to see what a smaller card fits
     dry_run: bool = False  # check and print the plan, load nothing
 
 

@@ -1,13 +1,24 @@
 """The one kind of error a user sees without a traceback: their config cannot run as written."""
 
 
+EXIT_USER_ERROR = 2
+EXIT_OUT_OF_MEMORY = 3
+
+
 class QcoError(Exception):
     """A user mistake or a refused combination. Each line of the message names the key, the value,
-    what is allowed and how to fix it; __main__ prints it as is and exits with EXIT_USER_ERROR."""
+    what is allowed and how to fix it; __main__ prints it as is, with no traceback, and exits."""
+
+    status = "refused"  # what results.json records
+    exit_code = EXIT_USER_ERROR
 
     def __init__(self, lines):
         self.lines = [lines] if isinstance(lines, str) else list(lines)
         super().__init__("\n".join(self.lines))
 
 
-EXIT_USER_ERROR = 2
+class OutOfMemory(QcoError):
+    """The run ran out of GPU or host memory: which phase, the peak, what would fit."""
+
+    status = "failed"
+    exit_code = EXIT_OUT_OF_MEMORY

@@ -5,7 +5,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -76,17 +76,27 @@ class Measurement:
     images: list = field(default_factory=list)  # of the last measured call
 
 
+class Phase:
+    """Where a run is now, for the line that says where it ran out of memory."""
+
+    def __init__(self, now: str = "load"):
+        self.now = now
+
+
 def measure_calls(pipe, call_kwargs: dict, seed: int, device: str, warmup: int, repeats: int,
-                  steps: int) -> Measurement:
+                  steps: int, phase: Optional[Phase] = None) -> Measurement:
     """Warm-up calls (the first one's time is the compile cost), then timed calls. Every call starts
     from the same seed, so every call makes the same image."""
     pipe.set_progress_bar_config(disable=True)
+    tracker = phase
     result = Measurement()
     calls = [("warm-up", i) for i in range(warmup)] + [("measure", i) for i in range(repeats)]
     with tqdm(total=len(calls) * steps, unit="step", desc="qco", dynamic_ncols=True) as progress:
         clock = StepClock(device, progress)
         for index, (phase, i) in enumerate(calls):
             progress.set_description(f"{phase} {i + 1}/{warmup if phase == 'warm-up' else repeats}")
+            if tracker is not None:
+                tracker.now = f"{'warm-up' if phase == 'warm-up' else 'measured'} call {i + 1}"
             generator = torch.Generator("cpu").manual_seed(seed)
             synchronize(device)
             start = time.perf_counter()
@@ -113,6 +123,20 @@ class DeviceMemory:
         if self.device:
             torch.cuda.reset_peak_memory_stats(self.device)
 
+    def limit(self, gb: Optional[float]) -> None:
+        """Cap the caching allocator (run.memory_limit_gb), to see what a smaller card would fit."""
+        if self.device and gb:
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, gb * GB / total), self.device)
+        self.limit_gb = gb
+
+    def capacity_gb(self) -> float:
+        total = torch.cuda.get_device_properties(self.device).total_memory / GB
+        return min(total, getattr(self, "limit_gb", None) or total)
+
+    def name(self) -> str:
+        return torch.cuda.get_device_name(self.device)
+
     def peaks_gb(self) -> Dict[str, float]:
         if not self.device:
             return {"peak_allocated_gb": None, "peak_reserved_gb": None}
@@ -131,6 +155,11 @@ class HostMemory:
     def reset(self) -> None:
         with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")
+
+    def total_gb(self) -> float:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
 
     def peak_gb(self) -> float:
         with contextlib.suppress(OSError):

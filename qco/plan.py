@@ -21,6 +21,7 @@ class LoadStep:
     quant_kwargs: Dict[str, Any] = field(default_factory=dict)
     quant_components: List[str] = field(default_factory=list)
     device_map: Optional[str] = None  # "cpu" where bitsandbytes must quantize on the CPU
+    trust_remote_code: bool = False
     bitsandbytes_on_cpu: bool = False  # lift diffusers' GPU-only check (bitsandbytes itself runs on CPU)
 
 
@@ -104,6 +105,7 @@ def draft_plan(cfg, target: Target) -> Plan:
         quant_method=quant.method,
         quant_kwargs=OmegaConf.to_container(quant.kwargs, resolve=True),
         quant_components=list(quant.components) if quant.backend else [],
+        trust_remote_code=cfg.model.trust_remote_code,
     )
     if offload.method is None:
         place = PlaceStep(None, {"device": target.device})

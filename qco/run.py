@@ -7,11 +7,14 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+import torch
 from omegaconf import OmegaConf
 
 from qco.compose import compose_pipeline
 from qco.errors import QcoError
-from qco.measure import DeviceMemory, HostMemory, compile_settings, component_sizes_gb, measure_calls, stats
+from qco.measure import (DeviceMemory, HostMemory, Phase, compile_settings, component_sizes_gb, measure_calls,
+                         stats)
+from qco.oom import out_of_memory
 from qco.models.source import resolve_source
 from qco.plan import Plan, draft_plan
 from qco.report import environment, save_image_atomic, summary_table, write_json_atomic, write_rerun_config
@@ -56,7 +59,7 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
         record["status"] = "ok"
         return record
     except QcoError as error:
-        record.update(status="refused", reason=str(error))
+        record.update(status=error.status, reason=str(error))
         raise
     except BaseException as error:
         record.update(status="failed", reason=f"{type(error).__name__}: {error}".strip())
@@ -70,15 +73,28 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
 
 
 def measure_run(cfg, plan: Plan, run_dir: Path) -> dict:
-    host, device = HostMemory(), DeviceMemory(plan.target.device)
+    host, device, phase = HostMemory(), DeviceMemory(plan.target.device), Phase("load and placement")
     host.reset()
     device.reset()
+    device.limit(cfg.run.memory_limit_gb)
+    try:
+        return _measure(cfg, plan, run_dir, host, device, phase)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+        # torch's CPU allocator raises a RuntimeError ("DefaultCPUAllocator: can't allocate memory")
+        if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError) \
+                and "can't allocate memory" not in str(error):
+            raise
+        raise out_of_memory(error, phase.now, device, host, run_dir) from error
+
+
+def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
     try:
         pipe, seconds = compose_pipeline(plan)
-    except OSError as error:
-        if cfg.model.id and not cfg.model.path:
-            raise _unavailable(cfg.model, error) from error
-        raise
+    except (OSError, ValueError) as error:
+        refusal = _load_refusal(cfg.model, error)
+        if refusal is None:
+            raise
+        raise refusal from error
     load_memory = device.peaks_gb()
     sizes = component_sizes_gb(pipe)
 
@@ -88,7 +104,7 @@ def measure_run(cfg, plan: Plan, run_dir: Path) -> dict:
     device.reset()
     with compile_settings(plan.compile.dynamo, plan.compile.inductor):
         measured = measure_calls(pipe, call_kwargs, run.seed, plan.target.device, run.warmup, run.repeats,
-                                 run.steps)
+                                 run.steps, phase)
     images = []
     for index, image in enumerate(measured.images):
         save_image_atomic(image, run_dir / f"image_{index}.png")
@@ -111,6 +127,22 @@ def measure_run(cfg, plan: Plan, run_dir: Path) -> dict:
         "environment": environment(plan.target.device),
         "images": images,
     }
+
+
+def _load_refusal(model, error: Exception) -> Optional[QcoError]:
+    """The load errors a model folder or id can cause, as one line; None for anything else."""
+    text = str(error)
+    where = f"model.path={model.path}" if model.path else f"model.id={model.id}" if model.id else f"model={model.name}"
+    if "custom code" in text:
+        return QcoError(f"{where}: the model ships Python code that loading it would run, and "
+                        "model.trust_remote_code is false; fix: use a model without custom code, or read that code "
+                        "and set model.trust_remote_code=true")
+    if "safetensors" in text and ("Could not find" in text or "not found" in text or "no file" in text.lower()):
+        return QcoError(f"{where}: no safetensors weights; qco loads safetensors only (pickled weights can run "
+                        "code); fix: convert the weights (save_pretrained(..., safe_serialization=True))")
+    if isinstance(error, OSError) and model.id and not model.path:
+        return _unavailable(model, error)
+    return None
 
 
 def _unavailable(model, error: OSError) -> QcoError:

@@ -1,6 +1,7 @@
 """Turn the exceptions a user's command line can cause while Hydra composes into one line each:
 the key, the value, what is allowed, the fix. Anything else is a bug and keeps its traceback."""
 
+import errno
 from typing import List, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -10,11 +11,17 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from qco.errors import QcoError
 
 SHOW_KEYS = "`python -m qco --cfg job` prints every key"
+WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EEXIST, errno.EDQUOT)
 
 
 def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
     if isinstance(error, QcoError):
         return error.lines
+    if isinstance(error, OSError) and error.filename and error.errno in WRITE_ERRORS:
+        full = error.errno == errno.ENOSPC
+        return [f"{error.filename}: cannot write there ({'the disk is full' if full else error.strerror}); "
+                f"fix: {'free space, or ' if full else ''}write elsewhere with hydra.run.dir=... "
+                "(hydra.sweep.dir=... for a sweep); results already written are untouched"]
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
         if error.options:

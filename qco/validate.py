@@ -1,6 +1,7 @@
 """Checks of single values that Hydra's types cannot express. Every problem is collected, so one
 run reports them all, each on its own line: key=value, what is allowed, how to fix it."""
 
+import importlib.util
 from pathlib import Path
 from typing import List
 
@@ -52,6 +53,8 @@ def check_values(cfg) -> List[str]:
                 f"{model.size_multiple} to {model.max_size}; fix: run.{key}="
                 f"{_valid_sizes_near(size, model.size_multiple, model.max_size)}"
             )
+    if run.memory_limit_gb is not None and run.memory_limit_gb <= 0:
+        problems.append(f"run.memory_limit_gb={run.memory_limit_gb}: must be above 0, or null for no limit")
     if run.guidance < 0:
         problems.append(f"run.guidance={run.guidance}: must be 0 or more; fix: run.guidance=0")
     if run.dtype not in DTYPES:
@@ -61,6 +64,41 @@ def check_values(cfg) -> List[str]:
 
     problems += _check_model_source(model)
     problems += _check_methods(cfg)
+    problems += check_class_names(cfg)
+    return problems
+
+
+def check_class_names(cfg) -> List[str]:
+    """The classes a config names by string must be of the kind the key is for, from the library it is
+    for: nothing else is imported or called (qco/safety.py keeps `_target_`s to an allow-list)."""
+    import diffusers
+    import transformers
+
+    from qco.models.tokenizers import MAKERS
+
+    def kind_of(name, library, *bases):
+        cls = getattr(library, str(name), None)
+        return isinstance(cls, type) and issubclass(cls, bases)
+
+    problems = []
+    if not kind_of(cfg.model.pipeline, diffusers, diffusers.DiffusionPipeline):
+        problems.append(f"model.pipeline={cfg.model.pipeline}: not a diffusers pipeline class; "
+                        "fix: e.g. FluxPipeline, StableDiffusion3Pipeline, DiffusionPipeline")
+    for name, spec in (cfg.model.build.components.items() if cfg.model.build else []):
+        allowed = (spec.cls in MAKERS or kind_of(spec.cls, diffusers, diffusers.ModelMixin, diffusers.SchedulerMixin)
+                   or kind_of(spec.cls, transformers, transformers.PreTrainedModel))
+        if not allowed:
+            problems.append(f"model.build.components.{name}.cls={spec.cls}: not a diffusers model or scheduler, "
+                            f"a transformers model, or one of the tokenizers {', '.join(sorted(MAKERS))}; "
+                            "fix: name a class of one of those kinds")
+    if cfg.quant.backend == "torchao" and importlib.util.find_spec("torchao") is not None:
+        import torchao.quantization
+
+        from torchao.core.config import AOBaseConfig
+
+        if not kind_of(cfg.quant.method, torchao.quantization, AOBaseConfig):
+            problems.append(f"quant.method={cfg.quant.method}: not a config class of torchao.quantization; "
+                            "fix: e.g. Int8WeightOnlyConfig, Float8DynamicActivationFloat8WeightConfig")
     return problems
 
 

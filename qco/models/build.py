@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import diffusers
 import torch
@@ -57,6 +58,21 @@ def build_component(name: str, recipe, dtype: torch.dtype, device: str):
     return cls.from_config(config)  # schedulers
 
 
+def damage(folder: Path) -> Optional[str]:
+    """Why a finished build can no longer be trusted (a file missing or cut short), or None."""
+    try:
+        files = json.loads((folder / BUILD_MARKER).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return f"its {BUILD_MARKER} is missing or unreadable"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    return None
+
+
 def build_pipeline(model, folder: Path) -> None:
     """Build every component, seeded in recipe order, and save the pipeline to `folder` atomically:
     it is written beside it under a temporary name and renamed only when complete."""
@@ -74,7 +90,9 @@ def build_pipeline(model, folder: Path) -> None:
     try:
         pipeline.save_pretrained(staging, safe_serialization=True)
         recipe_dict = OmegaConf.to_container(recipe, resolve=True)
-        (staging / BUILD_MARKER).write_text(json.dumps({"model": model.name, "recipe": recipe_dict}, indent=1))
+        files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
+        (staging / BUILD_MARKER).write_text(json.dumps({"model": model.name, "recipe": recipe_dict, "files": files},
+                                                       indent=1))
         try:
             os.replace(staging, folder)
         except OSError:

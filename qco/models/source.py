@@ -11,7 +11,7 @@ from typing import Optional, Set
 from omegaconf import OmegaConf
 
 from qco.errors import QcoError
-from qco.models.build import BUILD_MARKER, build_pipeline
+from qco.models.build import build_pipeline, damage
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ def resolve_source(model, models_cache: str) -> str:
     if model.id is not None:
         return model.id
     folder = built_folder(model, models_cache)
-    if folder.is_dir() and not (folder / BUILD_MARKER).is_file():
-        log.warning("%s holds an unfinished build (no %s): building it again", folder, BUILD_MARKER)
+    problem = damage(folder) if folder.is_dir() else None
+    if problem:  # cut short or altered since it was built: repair it (the build is atomic)
+        log.warning("The cached build %s is damaged (%s): building it again", folder, problem)
         shutil.rmtree(folder)
     if not folder.is_dir():
         build_pipeline(model, folder)

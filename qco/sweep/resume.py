@@ -2,18 +2,25 @@
 when asked (sweep.retry_failed=true). Refusals are decided by the rules, so they are kept too."""
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
 DONE = ("ok", "refused")
+log = logging.getLogger(__name__)
 
 
 def recorded(run_dir: Path, retry_failed: bool) -> Optional[dict]:
     """The job's earlier record when it need not run again, else None."""
+    path = run_dir / "results.json"
+    if not path.exists():
+        return None  # never ran, or was cut off before it recorded anything
     try:
-        record = json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        return None  # never ran, or was cut off before it recorded anything whole
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        log.warning("%s cannot be read (%s): running that job again; the other jobs' results are untouched",
+                    path, type(error).__name__)
+        return None
     if record.get("status") in DONE or (record.get("status") == "failed" and not retry_failed):
         return record
     return None
