@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from qco.config import register_configs
-from qco.errors import EXIT_USER_ERROR, QcoError
+from qco.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, QcoError
 from qco.user_errors import one_line
 
 # Set when the user asked for tracebacks; read once, before main() sets the variable itself.
@@ -54,6 +54,11 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
+    except KeyboardInterrupt:
+        if WANTS_TRACEBACK:
+            raise
+        exit_with(["interrupted; every results file written so far is whole, and running the same command "
+                   "again completes a sweep"], EXIT_INTERRUPTED)
     except Exception as error:
         lines = None if WANTS_TRACEBACK else one_line(error, sys.argv[1:])
         if lines is None:

@@ -61,6 +61,9 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
     except QcoError as error:
         record.update(status=error.status, reason=str(error))
         raise
+    except KeyboardInterrupt:  # Ctrl-C: recorded whole, and a rerun of the sweep runs it again
+        record.update(status="interrupted", reason="interrupted (Ctrl-C) before it finished")
+        raise
     except BaseException as error:
         record.update(status="failed", reason=f"{type(error).__name__}: {error}".strip())
         raise

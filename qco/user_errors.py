@@ -35,7 +35,7 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
     if isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):
         cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
         key = getattr(cause, "full_key", None) or ""
-        message = _first_line(cause)
+        message = _first_line(cause) if cause is not error else _joined(error)
         if cause is not error and _first_line(error) not in message:
             message = f"{_first_line(error)}: {message}"
         prefix = f"{key}: " if key and key not in message else ""
@@ -58,6 +58,11 @@ def _unparsable(args: List[str]) -> Optional[str]:
         except Exception:  # Hydra raises HydraException from its grammar's error listener
             return repr(arg)
     return None
+
+
+def _joined(error: BaseException) -> str:
+    """All of a multi-line message on one line (Hydra puts the key on the second line at times)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
 def _first_line(error: BaseException) -> str:

@@ -174,3 +174,55 @@ def test_damaged_results_file_in_a_sweep_is_rerun(tmp_path, models_cache):
     assert "cannot be read" in result.stdout + result.stderr
     assert json.loads(damaged.read_text())["status"] == "ok"
     assert intact.read_bytes() == kept
+
+
+def test_ctrl_c_leaves_results_whole_and_a_rerun_completes_the_sweep(tmp_path, models_cache):
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "qco", "-m", "quant=none,int8", "run.repeats=3000", "run.device=cpu"]
+    env = {**os.environ, "QCO_MODEL_CACHE": str(models_cache), "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    log = tmp_path / "outputs"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any("measure" in p.read_text() for p in log.rglob("qco.log")):
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the sweep and its running job
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert "qco: error: interrupted" in stderr
+    (interrupted,) = list(log.rglob("results.json"))
+    assert json.loads(interrupted.read_text())["status"] == "interrupted"
+
+    result = qco(["-m", "quant=none,int8", "run.repeats=3000", "run.device=cpu", "run.repeats=1"], tmp_path,
+                 models_cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("relative,content,needle", [
+    ("model/broken.yaml", "name: broken\nrun_defaults: {steps: 2\n", "not valid YAML"),
+    ("quant/typo.yaml", "name: typo\nbackend: bitsandbytes_4bit\ncomponent: [transformer]\n", "component"),
+    ("model/wrong_type.yaml", "defaults: [tiny_flux, _self_]\nname: wrong_type\nsize_multiple: sixteen\n",
+     "size_multiple"),
+])
+def test_malformed_config_files_are_one_line(relative, content, needle, tmp_path, models_cache):
+    conf = tmp_path / "conf"
+    (conf / relative).parent.mkdir(parents=True)
+    (conf / relative).write_text(content)
+    option = Path(relative).with_suffix("")
+    result = qco(["--config-dir", str(conf), f"{option.parent}={option.name}", "run.dry_run=true"], tmp_path,
+                 models_cache)
+    assert result.returncode == EXIT_USER_ERROR and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors(result)) == 1 and needle in errors(result)[0]
+
+
+def test_full_disk_is_one_line():
+    import errno
+
+    from qco.user_errors import one_line
+
+    (line,) = one_line(OSError(errno.ENOSPC, "No space left on device", "/data/outputs/run/results.json"), [])
+    assert line.startswith("/data/outputs/run/results.json: cannot write there (the disk is full)")
+    assert "hydra.run.dir" in line

@@ -1,5 +1,6 @@
 """Resume: a rerun of a sweep skips combinations already recorded, and reruns failed ones only
-when asked (sweep.retry_failed=true). Refusals are decided by the rules, so they are kept too."""
+when asked (sweep.retry_failed=true). Refusals are decided by the rules, so they are kept too;
+interrupted ones (Ctrl-C) and unreadable ones run again."""
 
 import json
 import logging
