@@ -13,7 +13,7 @@ import pytest
 
 from qco.errors import EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR, QcoError
 from qco.models.build import BUILD_MARKER
-from qco.models.source import built_folder, resolve_source
+from qco.models.source import resolve_source
 from qco.run import run
 from qco.safety import scan_overrides
 from qco.validate import check_class_names

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from qco.sweep.aggregate import aggregate, pareto_front
+from qco.sweep.aggregate import pareto_front
 from qco.sweep.devices import gpu_lease
 from qco.sweep.job import objectives
 

@@ -10,7 +10,6 @@ from typing import Optional, Set
 
 from omegaconf import OmegaConf
 
-from qco.errors import QcoError
 from qco.models.build import build_pipeline, damage
 
 log = logging.getLogger(__name__)

@@ -6,30 +6,28 @@ A subprocess (not multiprocessing) because launchers run jobs in their own worke
 (joblib's loky, submitit), whose start-method state a multiprocessing child would inherit."""
 
 import json
-import logging
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
 
 from qco.report import write_json_atomic
 
-log = logging.getLogger(__name__)
-
 JOB_FILE = "job.json"  # the resolved config and overrides handed to the job's process
 
 
-def run_isolated(cfg, run_dir: Path, overrides: List[str]) -> dict:
+def run_isolated(cfg, run_dir: Path, overrides: List[str], env: Optional[Dict[str, str]] = None) -> dict:
     """Run in a fresh `python -m qco.sweep.child` and return what it recorded in results.json.
     A process that died without recording (killed, out of host memory, a segfault) is recorded here."""
     config = OmegaConf.to_container(cfg, resolve=True)
     write_json_atomic(run_dir / JOB_FILE, {"config": config, "overrides": overrides})
     with open(run_dir / "qco.log", "a") as log_file:
         process = subprocess.run([sys.executable, "-m", "qco.sweep.child", str(run_dir)],
-                                 stdout=log_file, stderr=subprocess.STDOUT)
+                                 stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     results = run_dir / "results.json"
     record = _read(results)
     if record.get("status") in (None, "running"):

@@ -3,7 +3,6 @@ for a search sweeper (Optuna), which minimises what this returns."""
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import List, Tuple, Union
 
@@ -28,15 +27,10 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
                  run_dir.name, record["status"])
     else:
         with gpu_lease() as device:
-            previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+            env = {} if device is None else {"CUDA_VISIBLE_DEVICES": device}  # the job's process only
             if device is not None:
-                os.environ["CUDA_VISIBLE_DEVICES"] = device  # inherited by the job's process only
                 log.info("Job %s runs on GPU %s", run_dir.name, device)
-            try:
-                record = run_isolated(cfg, run_dir, overrides)
-            finally:
-                if device is not None:
-                    _restore("CUDA_VISIBLE_DEVICES", previous)
+            record = run_isolated(cfg, run_dir, overrides, env)
         log.info("Job %s: %s %s", run_dir.name, record["status"], record.get("reason", ""))
     return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gb)
 
@@ -52,10 +46,3 @@ def objectives(record: dict, names: List[str], budget_gb) -> Union[float, Tuple[
         values = [{"latency": latency, "memory": memory,
                    "latency_under_budget": latency if fits else FAILED}[name] for name in names]
     return values[0] if len(values) == 1 else tuple(values)
-
-
-def _restore(name: str, value) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
