@@ -63,7 +63,7 @@ def main() -> None:
         lines = None if WANTS_TRACEBACK else one_line(error, sys.argv[1:])
         if lines is None:
             raise
-        exit_with(lines)
+        exit_with(lines, getattr(error, "exit_code", EXIT_USER_ERROR))
 
 
 if __name__ == "__main__":
