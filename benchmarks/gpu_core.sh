@@ -24,4 +24,4 @@ for name in "${order[@]}"; do
     hydra.run.dir="$out/$name" \
     2>&1 | grep -v "Warning\|warn(" | tail -n 6
 done
-python benchmarks/collect.py "$out"
+python -m qco.sweep.aggregate "$out"   # the same table, picture and grid as any sweep

@@ -59,6 +59,7 @@ def test_multirun_writes_table_picture_and_grid(tmp_path, models_cache):
     assert {r["status"] for r in rows} == {"ok", "refused"}
     markdown = (sweep / "sweep.md").read_text()
     assert "| quant=nf4,offload=sequential | refused |" in markdown  # labelled by what sets the row apart
+    assert markdown.startswith("Measured on: CPU, torch ") and "tiny_flux, 64x64, 2 steps" in markdown
     assert "refused" in result.stdout and "pareto" in result.stdout  # the table is printed
     for picture in ("pareto.png", "grid.png"):
         with Image.open(sweep / picture) as image:

@@ -36,16 +36,43 @@ def _read_rows(sweep_dir: Path) -> List[dict]:
                          "reason": f"results.json cannot be read ({type(error).__name__})", "dir": path.parent})
             continue
         row = {"job": path.parent.name, "overrides": list(record.get("overrides") or []),
-               "status": record.get("status"), "reason": record.get("reason", ""), "dir": path.parent}
+               "status": record.get("status"), "reason": record.get("reason", ""), "dir": path.parent,
+               "setting": _setting(record)}
         if record.get("status") == "ok":
             t, m = record["timings"], record["memory"]
             row.update(latency_s=t["latency_s"]["mean"], latency_stdev_s=t["latency_s"]["stdev"],
                        first_call_s=t["first_call_s"], peak_allocated_gb=m["peak_allocated_gb"],
                        peak_reserved_gb=m["peak_reserved_gb"], host_peak_gb=m["host_peak_gb"],
-                       images=[str(path.parent / name) for name in record.get("images", [])],
+                       images=[str(path.parent / name) for name in record.get("images", [])
+                               if (path.parent / name).is_file()],
+                       machine=_machine(record.get("environment", {})),
                        reason="; ".join(n.split(" (")[0] for n in record.get("plan", {}).get("notes", [])))
         rows.append(row)
     return rows
+
+
+def _setting(record: dict) -> str:
+    run = record.get("config", {}).get("run", {})
+    if not run:
+        return ""
+    return (f"{record['config']['model']['name']}, {run['width']}x{run['height']}, {run['steps']} steps, "
+            f"batch {run['batch']}, {run['warmup']} warm-up + {run['repeats']} timed calls")
+
+
+def _machine(env: dict) -> str:
+    packages = env.get("packages", {})
+    return (f"{env.get('gpu') or 'CPU'}"
+            + (f" (driver {env['gpu_driver']})" if env.get("gpu_driver") else "")
+            + f", torch {packages.get('torch')}, diffusers {packages.get('diffusers')}, "
+              f"bitsandbytes {packages.get('bitsandbytes')}")
+
+
+def header(rows: List[dict]) -> str:
+    """Where and how the rows were measured, so that a table copied elsewhere still says it."""
+    machines = sorted({r["machine"] for r in rows if r.get("machine")})
+    settings = sorted({r["setting"] for r in rows if r.get("setting")})
+    return (f"Measured on: {'; '.join(machines) or 'nothing ran'}. Runs: {'; '.join(settings)}. "
+            "Latency: mean of the timed calls (s); memory in GB.\n\n")
 
 
 def memory_of(row: dict) -> Optional[float]:
@@ -130,7 +157,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def aggregate(sweep_dir: Path) -> List[dict]:
     rows = load_rows(sweep_dir)
-    table = markdown(rows)
+    table = header(rows) + markdown(rows)
     write_text_atomic(sweep_dir / "sweep.md", table)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
