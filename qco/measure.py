@@ -1,6 +1,7 @@
 """Timing and memory probes: warm-up, timed calls with per-step times, peak device and host memory."""
 
 import contextlib
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -118,6 +119,7 @@ class DeviceMemory:
 
     def __init__(self, device: str):
         self.device = device if device.startswith("cuda") else None
+        self.limit_gb: Optional[float] = None
 
     def reset(self) -> None:
         if self.device:
@@ -132,7 +134,7 @@ class DeviceMemory:
 
     def capacity_gb(self) -> float:
         total = torch.cuda.get_device_properties(self.device).total_memory / GB
-        return min(total, getattr(self, "limit_gb", None) or total)
+        return min(total, self.limit_gb or total)
 
     def name(self) -> str:
         return torch.cuda.get_device_name(self.device)
@@ -157,8 +159,6 @@ class HostMemory:
             Path("/proc/self/clear_refs").write_text("5")
 
     def total_gb(self) -> float:
-        import os
-
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
 
     def peak_gb(self) -> float:
