@@ -187,7 +187,7 @@ def test_ctrl_c_leaves_results_whole_and_a_rerun_completes_the_sweep(tmp_path, m
                                text=True, start_new_session=True)
     log = tmp_path / "outputs"
     deadline = time.time() + 120
-    while time.time() < deadline and not any("measure" in p.read_text() for p in log.rglob("qco.log")):
+    while time.time() < deadline and not any("measure" in p.read_text() for p in log.rglob("job.log")):
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the sweep and its running job
     _, stderr = process.communicate(timeout=120)

@@ -25,7 +25,7 @@ def run_isolated(cfg, run_dir: Path, overrides: List[str], env: Optional[Dict[st
     A process that died without recording (killed, out of host memory, a segfault) is recorded here."""
     config = OmegaConf.to_container(cfg, resolve=True)
     write_json_atomic(run_dir / JOB_FILE, {"config": config, "overrides": overrides})
-    with open(run_dir / "qco.log", "a") as log_file:
+    with open(run_dir / "job.log", "a") as log_file:
         process = subprocess.run([sys.executable, "-m", "qco.sweep.child", str(run_dir)],
                                  stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     results = run_dir / "results.json"
@@ -35,7 +35,7 @@ def run_isolated(cfg, run_dir: Path, overrides: List[str], env: Optional[Dict[st
         why = (f"was killed by {signal.Signals(-code).name} (out of host memory, or a kill)" if code < 0
                else f"exited with code {code}")
         record.update(status="failed", overrides=overrides, config=config,
-                      reason=f"the job's process {why} before recording a result; its log: {run_dir / 'qco.log'}")
+                      reason=f"the job's process {why} before recording a result; its log: {run_dir / 'job.log'}")
         write_json_atomic(results, record)
     return record
 
