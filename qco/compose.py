@@ -7,9 +7,9 @@ Warm-up and the measured calls follow in qco/measure.py. Each step calls diffuse
 import logging
 import time
 
-import diffusers
 import torch
 
+from qco.models.build import pipeline_class
 from qco.plan import PLACE_CALLS, CompileStep, LoadStep, Plan, PlaceStep
 from qco.quantization import bitsandbytes_on_cpu, quantization_config
 
@@ -32,7 +32,7 @@ def compose_pipeline(plan: Plan):
 
 
 def load_pipeline(load: LoadStep):
-    pipeline_cls = getattr(diffusers, load.pipeline)
+    pipeline_cls = pipeline_class(load.pipeline)
     log.info("Loading %s from %s", load.pipeline, load.source)
     with bitsandbytes_on_cpu(load.bitsandbytes_on_cpu):
         return pipeline_cls.from_pretrained(

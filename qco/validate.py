@@ -71,23 +71,15 @@ def check_values(cfg) -> List[str]:
 def check_class_names(cfg) -> List[str]:
     """The classes a config names by string must be of the kind the key is for, from the library it is
     for: nothing else is imported or called (qco/safety.py keeps `_target_`s to an allow-list)."""
-    import diffusers
-    import transformers
-
+    from qco.models.build import component_class, pipeline_class
     from qco.models.tokenizers import MAKERS
 
-    def kind_of(name, library, *bases):
-        cls = getattr(library, str(name), None)
-        return isinstance(cls, type) and issubclass(cls, bases)
-
     problems = []
-    if not kind_of(cfg.model.pipeline, diffusers, diffusers.DiffusionPipeline):
+    if pipeline_class(cfg.model.pipeline) is None:
         problems.append(f"model.pipeline={cfg.model.pipeline}: not a diffusers pipeline class; "
                         "fix: e.g. FluxPipeline, StableDiffusion3Pipeline, DiffusionPipeline")
     for name, spec in (cfg.model.build.components.items() if cfg.model.build else []):
-        allowed = (spec.cls in MAKERS or kind_of(spec.cls, diffusers, diffusers.ModelMixin, diffusers.SchedulerMixin)
-                   or kind_of(spec.cls, transformers, transformers.PreTrainedModel))
-        if not allowed:
+        if spec.cls not in MAKERS and component_class(spec.cls) is None:
             problems.append(f"model.build.components.{name}.cls={spec.cls}: not a diffusers model or scheduler, "
                             f"a transformers model, or one of the tokenizers {', '.join(sorted(MAKERS))}; "
                             "fix: name a class of one of those kinds")
@@ -96,7 +88,8 @@ def check_class_names(cfg) -> List[str]:
 
         from torchao.core.config import AOBaseConfig
 
-        if not kind_of(cfg.quant.method, torchao.quantization, AOBaseConfig):
+        method = getattr(torchao.quantization, str(cfg.quant.method), None)
+        if not (isinstance(method, type) and issubclass(method, AOBaseConfig)):
             problems.append(f"quant.method={cfg.quant.method}: not a config class of torchao.quantization; "
                             "fix: e.g. Int8WeightOnlyConfig, Float8DynamicActivationFloat8WeightConfig")
     return problems

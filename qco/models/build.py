@@ -15,7 +15,6 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
-from qco.errors import QcoError
 from qco.models.tokenizers import MAKERS
 
 log = logging.getLogger(__name__)
@@ -23,14 +22,20 @@ log = logging.getLogger(__name__)
 BUILD_MARKER = "qco_build.json"  # written last: a folder without it is not a finished build
 
 
-def component_class(name: str, key: str):
-    """Only classes of diffusers and transformers can be named in a recipe."""
-    for library in (diffusers, transformers):
-        cls = getattr(library, name, None)
-        if isinstance(cls, type):
-            return cls
-    raise QcoError(f"{key}={name}: not a class of diffusers or transformers; "
-                   "fix: name a model, scheduler or tokenizer class those libraries export")
+def _class_of_kind(name: str, library, *kinds) -> Optional[type]:
+    cls = getattr(library, str(name), None)
+    return cls if isinstance(cls, type) and issubclass(cls, kinds) else None
+
+
+def pipeline_class(name: str) -> Optional[type]:
+    """The diffusers pipeline class a config names, or None: nothing else is looked up."""
+    return _class_of_kind(name, diffusers, diffusers.DiffusionPipeline)
+
+
+def component_class(name: str) -> Optional[type]:
+    """A recipe's model or scheduler class (diffusers or transformers), or None if it names anything else."""
+    return (_class_of_kind(name, diffusers, diffusers.ModelMixin, diffusers.SchedulerMixin)
+            or _class_of_kind(name, transformers, transformers.PreTrainedModel))
 
 
 @contextlib.contextmanager
@@ -44,10 +49,9 @@ def _default_dtype(dtype: torch.dtype):
 
 
 def build_component(name: str, recipe, dtype: torch.dtype, device: str):
-    key = f"model.build.components.{name}.cls"
     if recipe.cls in MAKERS:
         return MAKERS[recipe.cls](recipe.vocab_size, recipe.model_max_length)
-    cls = component_class(recipe.cls, key)
+    cls = component_class(recipe.cls)  # checked before anything runs (qco/validate.py)
     config = OmegaConf.to_container(recipe.config, resolve=True)
     if issubclass(cls, transformers.PreTrainedModel):
         with torch.device(device), _default_dtype(dtype):
@@ -82,7 +86,7 @@ def build_pipeline(model, folder: Path) -> None:
     log.info("Building %s from its recipe with random weights on %s (%s)", model.name, device, recipe.dtype)
     torch.manual_seed(recipe.seed)
     components = {name: build_component(name, spec, dtype, device) for name, spec in recipe.components.items()}
-    pipeline_cls = component_class(model.pipeline, "model.pipeline")
+    pipeline_cls = pipeline_class(model.pipeline)
     pipeline = pipeline_cls(**components)
 
     folder.parent.mkdir(parents=True, exist_ok=True)
