@@ -19,6 +19,7 @@ from qco.models.source import resolve_source
 from qco.plan import Plan, draft_plan
 from qco.report import environment, save_image_atomic, summary_table, write_json_atomic, write_rerun_config
 from qco.rules import apply_rules
+from qco.sweep.aggregate import run_setting
 from qco.target import resolve_target
 from qco.validate import check_values
 
@@ -87,7 +88,8 @@ def measure_run(cfg, plan: Plan, run_dir: Path) -> dict:
         if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError) \
                 and "can't allocate memory" not in str(error):
             raise
-        raise out_of_memory(error, phase.now, device, host, run_dir) from error
+        setting = run_setting({"config": OmegaConf.to_container(cfg, resolve=True)})
+        raise out_of_memory(error, phase.now, device, host, run_dir, setting) from error
 
 
 def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:

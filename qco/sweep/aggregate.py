@@ -18,7 +18,7 @@ COLUMNS = ["job", "status", "latency_s", "latency_stdev_s", "first_call_s", "pea
 
 
 def load_rows(sweep_dir: Path) -> List[dict]:
-    rows = _read_rows(sweep_dir)
+    rows = read_rows(sweep_dir)
     # label each row by what sets it apart: overrides every row shares say nothing
     shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
     for row in rows:
@@ -26,7 +26,8 @@ def load_rows(sweep_dir: Path) -> List[dict]:
     return rows
 
 
-def _read_rows(sweep_dir: Path) -> List[dict]:
+def read_rows(sweep_dir: Path) -> List[dict]:
+    """One row per job folder with a results.json, as recorded (an unreadable one says so)."""
     rows = []
     for path in sorted(sweep_dir.glob("*/results.json")):
         try:
@@ -37,7 +38,7 @@ def _read_rows(sweep_dir: Path) -> List[dict]:
             continue
         row = {"job": path.parent.name, "overrides": list(record.get("overrides") or []),
                "status": record.get("status"), "reason": record.get("reason", ""), "dir": path.parent,
-               "setting": _setting(record)}
+               "setting": run_setting(record), "combination": record.get("combination")}
         if record.get("status") == "ok":
             t, m = record["timings"], record["memory"]
             row.update(latency_s=t["latency_s"]["mean"], latency_stdev_s=t["latency_s"]["stdev"],
@@ -51,7 +52,8 @@ def _read_rows(sweep_dir: Path) -> List[dict]:
     return rows
 
 
-def _setting(record: dict) -> str:
+def run_setting(record: dict) -> str:
+    """What makes two runs comparable: the model and the run's size, steps and calls."""
     run = record.get("config", {}).get("run", {})
     if not run:
         return ""
