@@ -1,0 +1,64 @@
+"""benchmarks/compare.py for real on the tiny model on CPU: qco and the hand-written diffusers script
+each run in their own process, the ratios come from their own measurements, a row that fails on one
+side says why, and a second run reads against the first."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+COMPARE = REPO / "benchmarks" / "compare.py"
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory, models_cache):
+    out = tmp_path_factory.mktemp("compare")
+    result = subprocess.run(
+        [sys.executable, str(COMPARE), str(out), "--model", "tiny_flux", "--device", "cpu", "--rows", "bf16,nf4",
+         "--repeats", "2", "--run", f"paths.models={models_cache}"],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    return out, result
+
+
+def test_both_sides_measured_on_the_same_weights(comparison):
+    out, result = comparison
+    rows = {r["row"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
+    bf16 = rows["bf16"]
+    assert bf16["same_model"] is True
+    assert len(bf16["qco"]["samples"]) == len(bf16["plain"]["samples"]) == 2
+    plain = json.loads((out / "plain" / "bf16.json").read_text())
+    median = sorted(plain["latency_samples_s"])[0] / 2 + sorted(plain["latency_samples_s"])[1] / 2
+    assert bf16["ratio"]["latency_s"] == pytest.approx(bf16["qco"]["latency_s"] / median)
+    assert 0.2 < bf16["ratio"]["latency_s"] < 5  # two real measurements of the same work, not a constant
+    assert "| bf16 baseline | `(defaults)` |" in (out / "compare.md").read_text()
+
+
+def test_a_failed_side_is_reported_with_its_reason(comparison):
+    out, result = comparison
+    rows = {r["row"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
+    # diffusers' own GPU check refuses bitsandbytes on a CPU; qco lifts only that check
+    assert rows["nf4"]["qco_status"] == "ok" and rows["nf4"]["plain_status"] == "failed"
+    assert "No GPU found" in rows["nf4"]["plain_reason"]
+    assert "plain diffusers failed: RuntimeError: No GPU found" in (out / "compare.md").read_text()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_rerun_skips_measured_rows_and_reproduce_reads_two_runs(comparison, tmp_path, models_cache):
+    out, _ = comparison
+    second = tmp_path / "second"
+    shutil.copytree(out, second)
+    record = json.loads((second / "plain" / "bf16.json").read_text())
+    record["latency_samples_s"] = [s * 1.1 for s in record["latency_samples_s"]]  # the second run 10 % slower
+    (second / "plain" / "bf16.json").write_text(json.dumps(record))
+    result = subprocess.run([sys.executable, str(COMPARE), str(second), "--model", "tiny_flux", "--device", "cpu",
+                             "--rows", "bf16", "--repeats", "2", "--run", f"paths.models={models_cache}"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert "  qco:" not in result.stdout and "  plain:" not in result.stdout  # nothing ran again
+    assert json.loads((second / "plain" / "bf16.json").read_text()) == record  # kept as it was
+    text = subprocess.run([sys.executable, str(COMPARE), "--reproduce", str(out), str(second)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO).stdout
+    line = next(l for l in text.splitlines() if l.startswith("| bf16 baseline"))
+    assert line.split("|")[2].strip() == "+0.0" and line.split("|")[3].strip() == "+10.0"
