@@ -31,6 +31,14 @@ class BuildRecipe:
 
 
 @dataclass
+class VideoConfig:
+    """What a video model's frames must be; a model without it makes images."""
+
+    frame_multiple: int = 1  # frames must be 1 + a multiple of this (the VAE's temporal compression)
+    fps: int = 16  # the frame rate it was trained at: the written GIF plays at it
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     pipeline: str = "DiffusionPipeline"  # the diffusers pipeline class that loads it
@@ -47,6 +55,7 @@ class ModelConfig:
     quantize: List[str] = field(default_factory=list)  # the components quantized by default
     size_multiple: int = 16  # height and width must be multiples of this
     max_size: int = 4096
+    video: Optional[VideoConfig] = None  # set for a video model (run.frames applies); null: images
     run_defaults: Dict[str, Any] = field(default_factory=dict)  # run values this model expects
 
 
@@ -91,6 +100,7 @@ class RunConfig:
     height: int = MISSING
     width: int = MISSING
     guidance: float = MISSING
+    frames: Optional[int] = None  # video models only: frames per video; null for an image model
     seed: int = 0
     dtype: str = "bfloat16"
     device: str = "auto"  # auto (cuda when there is one) | cpu | cuda | cuda:N

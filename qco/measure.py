@@ -74,7 +74,8 @@ class Measurement:
     first_call_s: float = 0.0
     call_s: List[float] = field(default_factory=list)
     step_s: List[List[float]] = field(default_factory=list)  # per measured call
-    images: list = field(default_factory=list)  # of the last measured call
+    images: list = field(default_factory=list)  # of the last measured call (of a video: its first frame)
+    videos: list = field(default_factory=list)  # of the last measured call: each a list of frames
 
 
 class Phase:
@@ -110,7 +111,11 @@ def measure_calls(pipe, call_kwargs: dict, seed: int, device: str, warmup: int, 
             if phase == "measure":
                 result.call_s.append(seconds)
                 result.step_s.append(clock.step_seconds())
-                result.images = output.images
+                if "num_frames" in call_kwargs:  # a video pipeline returns .frames: one list per video
+                    result.videos = list(output.frames)
+                    result.images = [frames[0] for frames in result.videos]
+                else:
+                    result.images = output.images
     return result
 
 

@@ -51,6 +51,7 @@ class Plan:
     load: LoadStep
     place: PlaceStep
     compile: CompileStep
+    video: bool = False  # the model makes videos (model.video is set)
     notes: List[str] = field(default_factory=list)  # what rules adjusted, and why
 
     def as_dict(self) -> dict:
@@ -139,4 +140,5 @@ def draft_plan(cfg, target: Target) -> Plan:
         load=load,
         place=place,
         compile=compile_step,
+        video=cfg.model.video is not None,
     )

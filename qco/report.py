@@ -85,6 +85,13 @@ def save_image_atomic(image, path: Path) -> None:
     write_atomic(path, lambda handle: image.save(handle, format="PNG"), binary=True)
 
 
+def save_video_atomic(frames, path: Path, fps: int) -> None:
+    """An animated GIF (PIL writes it; no video codec needed), looping, at the model's frame rate as near
+    as GIF's hundredths of a second come (16 fps: 60 ms a frame)."""
+    write_atomic(path, lambda handle: frames[0].save(handle, format="GIF", save_all=True, append_images=frames[1:],
+                                                     duration=round(1000 / fps), loop=0), binary=True)
+
+
 RERUN_CONFIG = "rerun"
 
 

@@ -65,6 +65,11 @@ def _bitsandbytes_cpu_load(plan: Plan) -> str:
     return "quantize on the CPU: device_map=cpu, diffusers' GPU-only check lifted"
 
 
+def _channels_last_off(plan: Plan) -> str:
+    plan.compile.channels_last = False
+    return "compile.channels_last: true -> false"
+
+
 def _no_regional_blocks(plan: Plan) -> bool:
     cls = getattr(diffusers, plan.denoiser_class, None)
     return plan.compile.method == "regional" and cls is not None and not getattr(cls, "_repeated_blocks", None)
@@ -144,6 +149,12 @@ RULES: List[Rule] = [
          reason="offload hooks call torch.compiler.disable, which a fullgraph compile cannot trace "
                 "(torch._dynamo.exc.Unsupported: Attempted to call function marked as skipped); "
                 "the seed compiles without fullgraph when offloading"),
+    Rule("channels_last_is_4d_only",
+         when=lambda p: _compiling(p) and p.compile.channels_last and p.video,
+         adjust=_channels_last_off,
+         reason="torch.channels_last is a layout of 4-D tensors, and a video denoiser patchifies with a Conv3d "
+                "whose weight is 5-D (RuntimeError: required rank 4 tensor to use channels_last format; "
+                "WanTransformer3DModel, torch 2.13); its Linear layers are the same either way"),
     Rule("recompile_limit_with_offload",
          when=lambda p: _compiling(p) and _offloading(p) and bool(p.compile.dynamo_with_offload),
          adjust=_recompile_limit,

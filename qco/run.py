@@ -17,7 +17,8 @@ from qco.measure import (DeviceMemory, HostMemory, Phase, compile_settings, comp
 from qco.oom import out_of_memory
 from qco.models.source import resolve_source
 from qco.plan import Plan, draft_plan
-from qco.report import environment, save_image_atomic, summary_table, write_json_atomic, write_rerun_config
+from qco.report import (environment, save_image_atomic, save_video_atomic, summary_table, write_json_atomic,
+                        write_rerun_config)
 from qco.rules import apply_rules
 from qco.sweep.aggregate import run_setting
 from qco.target import resolve_target
@@ -25,9 +26,21 @@ from qco.validate import check_values
 
 log = logging.getLogger(__name__)
 
+PACKAGED_CONF = Path(__file__).parent / "conf"
+
 
 def combination(cfg) -> str:
     return f"model={cfg.model.name} quant={cfg.quant.name} compile={cfg.compile.name} offload={cfg.offload.name}"
+
+
+def call_kwargs(run) -> dict:
+    """The pipeline call's arguments: an image pipeline's, or a video pipeline's where run.frames is set
+    (checked against the model by qco/validate.py)."""
+    kwargs = {"prompt": run.prompt, "num_inference_steps": run.steps, "height": run.height, "width": run.width,
+              "guidance_scale": run.guidance, "output_type": "pil"}
+    if run.frames is None:
+        return {**kwargs, "num_images_per_prompt": run.batch}
+    return {**kwargs, "num_frames": run.frames, "num_videos_per_prompt": run.batch}
 
 
 def check_and_plan(cfg) -> Plan:
@@ -104,16 +117,17 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
     sizes = component_sizes_gb(pipe)
 
     run = cfg.run
-    call_kwargs = {"prompt": run.prompt, "num_inference_steps": run.steps, "height": run.height,
-                   "width": run.width, "guidance_scale": run.guidance, "num_images_per_prompt": run.batch}
     device.reset()
     with compile_settings(plan.compile.dynamo, plan.compile.inductor):
-        measured = measure_calls(pipe, call_kwargs, run.seed, plan.target.device, run.warmup, run.repeats,
+        measured = measure_calls(pipe, call_kwargs(run), run.seed, plan.target.device, run.warmup, run.repeats,
                                  run.steps, phase)
-    images = []
-    for index, image in enumerate(measured.images):
+    images, videos = [], []
+    for index, image in enumerate(measured.images):  # of a video: its first frame, for tables and grids
         save_image_atomic(image, run_dir / f"image_{index}.png")
         images.append(f"image_{index}.png")
+    for index, frames in enumerate(measured.videos):
+        save_video_atomic(frames, run_dir / f"video_{index}.gif", cfg.model.video.fps)
+        videos.append(f"video_{index}.gif")
     steps = [s for call in measured.step_s for s in call]
     return {
         "timings": {
@@ -131,6 +145,7 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
         },
         "environment": environment(plan.target.device),
         "images": images,
+        "videos": videos,
     }
 
 
@@ -152,9 +167,11 @@ def _load_refusal(model, error: Exception) -> Optional[QcoError]:
 
 def _unavailable(model, error: OSError) -> QcoError:
     offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    random = f"{model.name}_random"  # the packaged option of the same architecture, where there is one
+    instead = (f", or use model={random} for the same architecture with random weights"
+               if (PACKAGED_CONF / "model" / f"{random}.yaml").is_file() else "")
     return QcoError(
         f"model.id={model.id}: not in the local Hugging Face cache and not downloadable here{offline} "
         f"({type(error).__name__}); fix: download it where there is network (`hf download {model.id}`) and "
-        f"run with model.path=/path/to/that/copy, or use model=flux_dev_random for the same architecture "
-        "with random weights"
+        f"run with model.path=/path/to/that/copy{instead}"
     )

@@ -53,6 +53,7 @@ def check_values(cfg) -> List[str]:
                 f"{model.size_multiple} to {model.max_size}; fix: run.{key}="
                 f"{_valid_sizes_near(size, model.size_multiple, model.max_size)}"
             )
+    problems += _check_frames(run.frames, model)
     if run.memory_limit_gb is not None and run.memory_limit_gb <= 0:
         problems.append(f"run.memory_limit_gb={run.memory_limit_gb}: must be above 0, or null for no limit")
     if run.guidance < 0:
@@ -66,6 +67,25 @@ def check_values(cfg) -> List[str]:
     problems += _check_methods(cfg)
     problems += check_class_names(cfg)
     return problems
+
+
+def _check_frames(frames, model) -> List[str]:
+    """A video model takes 1 + a multiple of its VAE's temporal factor; an image model takes none."""
+    if model.video is None:
+        if frames is None:
+            return []
+        return [f"run.frames={frames}: {model.name} makes images, not videos; fix: leave run.frames out "
+                "(or run.frames=null), or choose a video model such as model=tiny_wan"]
+    step = model.video.frame_multiple
+    if frames is None:
+        return [f"run.frames=null: {model.name} makes videos and needs a frame count; "
+                f"fix: run.frames={model.run_defaults.get('frames') or 1 + step}"]
+    if frames < 1 or (frames - 1) % step:
+        low = max(frames - 1, 0) // step * step + 1
+        near = str(low) if frames < 1 else f"{low} or {low + step}"
+        return [f"run.frames={frames}: {model.name} takes 1 + a multiple of {step} frames "
+                f"({', '.join(str(1 + i * step) for i in range(3))}, ...); fix: run.frames={near}"]
+    return []
 
 
 def check_class_names(cfg) -> List[str]:

@@ -1,11 +1,15 @@
-"""Build a pipeline from a composed config the way a run does, for tests that inspect it."""
+"""Build a pipeline from a composed config the way a run does, and the checks tests make on it."""
 
+import bitsandbytes as bnb
 import numpy as np
+import torch
 
 from qco.compose import compose_pipeline
 from qco.measure import measure_calls
 from qco.models.source import resolve_source
-from qco.run import check_and_plan
+from qco.run import call_kwargs, check_and_plan
+
+QUANTIZED_LAYER = {"nf4": bnb.nn.Linear4bit, "fp4": bnb.nn.Linear4bit, "int8": bnb.nn.Linear8bitLt}
 
 
 def build(cfg):
@@ -16,10 +20,10 @@ def build(cfg):
 
 
 def generate(pipe, cfg, plan):
+    """The images of one call, as a run makes them (of a video: its first frame)."""
     run = cfg.run
-    kwargs = {"prompt": run.prompt, "num_inference_steps": run.steps, "height": run.height, "width": run.width,
-              "guidance_scale": run.guidance}
-    measured = measure_calls(pipe, kwargs, run.seed, plan.target.device, warmup=0, repeats=1, steps=run.steps)
+    measured = measure_calls(pipe, call_kwargs(run), run.seed, plan.target.device, warmup=0, repeats=1,
+                             steps=run.steps)
     return measured.images
 
 
@@ -28,3 +32,44 @@ def assert_real_image(image, size=(64, 64)):
     assert image.size == size
     assert np.isfinite(pixels).all()
     assert pixels.std() > 0  # not a blank image
+
+
+def assert_quantized(pipe, quant, components):
+    for name in components:
+        module = getattr(pipe, name)
+        if quant in QUANTIZED_LAYER:
+            layers = [m for m in module.modules() if isinstance(m, QUANTIZED_LAYER[quant])]
+            assert layers, f"{name} has no {QUANTIZED_LAYER[quant].__name__}"
+            if quant in ("nf4", "fp4"):
+                assert layers[0].weight.quant_state.quant_type == quant
+                assert layers[0].weight.dtype == torch.uint8
+        else:  # torchao swaps the weights for its own tensor subclasses
+            weights = [m.weight for m in module.modules() if isinstance(m, torch.nn.Linear)]
+            assert weights and all(type(w).__module__.startswith("torchao") for w in weights)
+
+
+def count_calls(obj, method):
+    """Count calls of a real hook method (it still runs)."""
+    original = getattr(obj, method)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    setattr(obj, method, counted)
+    return calls
+
+
+def attach_offload_probe(pipe, offload):
+    if offload == "model":
+        hook = pipe.transformer._hf_hook  # accelerate's CpuOffload, attached by enable_model_cpu_offload
+        assert type(hook).__name__ == "CpuOffload"
+        return count_calls(hook, "pre_forward")
+    if offload.startswith("group"):  # diffusers' hooks: on the blocks (block level) or the leaves
+        hooks = [module._diffusers_hook.get_hook("group_offloading") for module in pipe.transformer.modules()
+                 if hasattr(module, "_diffusers_hook")]
+        hooks = [hook for hook in hooks if hook is not None and hook.group.onload_self]
+        assert hooks, "no group offloading hook in the transformer"
+        return count_calls(hooks[-1].group, "onload_")
+    return None

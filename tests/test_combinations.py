@@ -4,64 +4,21 @@ on CPU are refused before loading. Compile is covered by a few combinations (it 
 
 import itertools
 
-import bitsandbytes as bnb
 import pytest
 import torch
 
 from qco.errors import QcoError
-from tests.helpers import assert_real_image, build, generate
+from tests.helpers import assert_quantized, assert_real_image, attach_offload_probe, build, generate
 
 QUANTS = ["none", "nf4", "fp4", "int8", "torchao_int8wo", "torchao_fp8"]
 OFFLOADS = ["none", "model", "group_block", "group_leaf", "sequential"]
 REFUSED_ON_CPU = {("quant", "torchao_fp8"): "fp8_needs_sm89", ("offload", "sequential"): "sequential_needs_accelerator"}
-QUANTIZED_LAYER = {"nf4": bnb.nn.Linear4bit, "fp4": bnb.nn.Linear4bit, "int8": bnb.nn.Linear8bitLt}
 
 
 def _refusal(quant, offload):
     for key in (("quant", quant), ("offload", offload)):
         if key in REFUSED_ON_CPU:
             return REFUSED_ON_CPU[key]
-    return None
-
-
-def assert_quantized(pipe, quant, components):
-    for name in components:
-        module = getattr(pipe, name)
-        if quant in QUANTIZED_LAYER:
-            layers = [m for m in module.modules() if isinstance(m, QUANTIZED_LAYER[quant])]
-            assert layers, f"{name} has no {QUANTIZED_LAYER[quant].__name__}"
-            if quant in ("nf4", "fp4"):
-                assert layers[0].weight.quant_state.quant_type == quant
-                assert layers[0].weight.dtype == torch.uint8
-        else:  # torchao swaps the weights for its own tensor subclasses
-            weights = [m.weight for m in module.modules() if isinstance(m, torch.nn.Linear)]
-            assert weights and all(type(w).__module__.startswith("torchao") for w in weights)
-
-
-def count_calls(obj, method):
-    """Count calls of a real hook method (it still runs)."""
-    original = getattr(obj, method)
-    calls = []
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    setattr(obj, method, counted)
-    return calls
-
-
-def attach_offload_probe(pipe, offload):
-    if offload == "model":
-        hook = pipe.transformer._hf_hook  # accelerate's CpuOffload, attached by enable_model_cpu_offload
-        assert type(hook).__name__ == "CpuOffload"
-        return count_calls(hook, "pre_forward")
-    if offload.startswith("group"):  # diffusers' hooks: on the blocks (block level) or the leaves
-        hooks = [module._diffusers_hook.get_hook("group_offloading") for module in pipe.transformer.modules()
-                 if hasattr(module, "_diffusers_hook")]
-        hooks = [hook for hook in hooks if hook is not None and hook.group.onload_self]
-        assert hooks, "no group offloading hook in the transformer"
-        return count_calls(hooks[-1].group, "onload_")
     return None
 
 

@@ -86,3 +86,11 @@ def test_quantized_components_follow_the_model(make_cfg):
     plan = plan_for(make_cfg, CPU, "quant=nf4", "quant.components=[transformer,text_encoder_3]")
     assert plan.load.quant_components == ["transformer"]
     assert any(note.startswith("quant.components: ['text_encoder_3'] left out") for note in plan.notes)
+
+
+def test_video_denoiser_compiles_without_channels_last(make_cfg):
+    """A Conv3d's 5-D weight cannot take torch.channels_last (measured: RuntimeError on tiny_wan)."""
+    plan = plan_for(make_cfg, H200, "model=tiny_wan", "quant=nf4", "compile=max_autotune")
+    assert plan.video and plan.compile.channels_last is False
+    assert [note.split(" (")[0] for note in plan.notes] == ["compile.channels_last: true -> false"]
+    assert plan_for(make_cfg, H200, "quant=nf4", "compile=max_autotune").compile.channels_last is True

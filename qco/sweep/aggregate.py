@@ -57,7 +57,8 @@ def run_setting(record: dict) -> str:
     run = record.get("config", {}).get("run", {})
     if not run:
         return ""
-    return (f"{record['config']['model']['name']}, {run['width']}x{run['height']}, {run['steps']} steps, "
+    frames = f"x{run['frames']} frames" if run.get("frames") else ""
+    return (f"{record['config']['model']['name']}, {run['width']}x{run['height']}{frames}, {run['steps']} steps, "
             f"batch {run['batch']}, {run['warmup']} warm-up + {run['repeats']} timed calls")
 
 
