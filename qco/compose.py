@@ -1,6 +1,6 @@
 """The composer: turns a checked plan into a ready pipeline, in the order that works.
 
-    load (quantization applied at load)  ->  placement or offload  ->  compile
+    load (quantization applied at load)  ->  tune  ->  placement or offload  ->  step cache  ->  compile
 
 Warm-up and the measured calls follow in qco/measure.py. Each step calls diffusers' own API."""
 
@@ -10,7 +10,7 @@ import time
 import torch
 
 from qco.models.build import pipeline_class
-from qco.plan import PLACE_CALLS, CompileStep, LoadStep, Plan, PlaceStep
+from qco.plan import PLACE_CALLS, CacheStep, CompileStep, LoadStep, Plan, PlaceStep, TuneStep
 from qco.quantization import bitsandbytes_on_cpu, quantization_config
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,11 @@ def compose_pipeline(plan: Plan):
     seconds["load_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    tune_pipeline(pipe, plan.tune)  # before placement: offload hooks wrap the modules as they will run
     place_pipeline(pipe, plan.place)
     seconds["place_s"] = time.perf_counter() - start
 
+    enable_step_cache(pipe, plan.cache, plan.tune.component)
     compile_denoiser(pipe, plan.compile)
     return pipe, seconds
 
@@ -43,6 +45,37 @@ def load_pipeline(load: LoadStep):
             use_safetensors=True,  # never pickle files: loading them can run code
             trust_remote_code=load.trust_remote_code,
         )
+
+
+def tune_pipeline(pipe, tune: TuneStep) -> None:
+    module = getattr(pipe, tune.component)
+    if tune.fuse_qkv:
+        log.info("Fusing the QKV projections of %s", tune.component)
+        module.fuse_qkv_projections()
+    if tune.quantize_after_fusion:
+        # torchao quantizes the fused weights; quantized at load they could not be concatenated
+        import torchao.quantization
+        from hydra.utils import instantiate
+
+        method = getattr(torchao.quantization, tune.quantize_after_fusion["method"])
+        kwargs = instantiate(tune.quantize_after_fusion["kwargs"], _convert_="all")
+        log.info("Quantizing %s after fusion: %s", tune.component, method.__name__)
+        torchao.quantization.quantize_(module, method(**kwargs), device=tune.device)
+    if tune.vae_channels_last:
+        pipe.vae.to(memory_format=torch.channels_last)
+    if tune.attention_backend:
+        log.info("Attention backend of %s: %s", tune.component, tune.attention_backend)
+        module.set_attention_backend(tune.attention_backend)
+
+
+def enable_step_cache(pipe, cache: CacheStep, component: str) -> None:
+    if cache.method is None:
+        return
+    import diffusers
+
+    config = getattr(diffusers, cache.method)(**cache.kwargs)  # a *CacheConfig class (qco/validate.py)
+    log.info("Step cache on %s: %s", component, config)
+    getattr(pipe, component).enable_cache(config)
 
 
 def place_pipeline(pipe, place: PlaceStep) -> None:

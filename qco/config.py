@@ -94,6 +94,26 @@ class OffloadConfig:
 
 
 @dataclass
+class AttentionConfig:
+    name: str = "default"
+    backend: Optional[str] = None  # a diffusers attention backend (transformer.set_attention_backend); null: default
+
+
+@dataclass
+class CacheConfig:
+    name: str = "none"
+    method: Optional[str] = None  # a diffusers *CacheConfig class (transformer.enable_cache); null: no caching
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TweaksConfig:
+    name: str = "none"
+    fuse_qkv: bool = False  # transformer.fuse_qkv_projections(): one matmul for q, k and v
+    vae_channels_last: bool = False  # the VAE's convolutions in channels_last memory format
+
+
+@dataclass
 class RunConfig:
     prompt: str = MISSING
     steps: int = MISSING
@@ -109,6 +129,7 @@ class RunConfig:
     batch: int = 1
     memory_limit_gb: Optional[float] = None  # cap GPU memory, to see what a smaller card fits
     dry_run: bool = False  # check and print the plan, load nothing
+    quality: bool = True  # compare the image with the reference made with nothing applied (qco/reference.py)
 
 
 @dataclass
@@ -121,6 +142,7 @@ class SweepConfig:
 @dataclass
 class PathsConfig:
     models: str = MISSING  # where built-from-config models are cached
+    references: str = MISSING  # where reference images (nothing applied) are cached
 
 
 @dataclass
@@ -129,6 +151,9 @@ class Config:
     quant: QuantConfig = MISSING
     compile: CompileConfig = MISSING
     offload: OffloadConfig = MISSING
+    attention: AttentionConfig = MISSING
+    cache: CacheConfig = MISSING
+    tweaks: TweaksConfig = MISSING
     run: RunConfig = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -78,6 +78,15 @@ class Measurement:
     videos: list = field(default_factory=list)  # of the last measured call: each a list of frames
 
 
+def output_media(output, call_kwargs: dict):
+    """The images of a pipeline's output, and its videos: a video pipeline returns .frames, one list
+    per video, and its images are their first frames (for tables, grids and quality)."""
+    if "num_frames" in call_kwargs:
+        videos = list(output.frames)
+        return [frames[0] for frames in videos], videos
+    return list(output.images), []
+
+
 class Phase:
     """Where a run is now, for the line that says where it ran out of memory."""
 
@@ -111,11 +120,7 @@ def measure_calls(pipe, call_kwargs: dict, seed: int, device: str, warmup: int, 
             if phase == "measure":
                 result.call_s.append(seconds)
                 result.step_s.append(clock.step_seconds())
-                if "num_frames" in call_kwargs:  # a video pipeline returns .frames: one list per video
-                    result.videos = list(output.frames)
-                    result.images = [frames[0] for frames in result.videos]
-                else:
-                    result.images = output.images
+                result.images, result.videos = output_media(output, call_kwargs)
     return result
 
 

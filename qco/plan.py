@@ -26,6 +26,25 @@ class LoadStep:
 
 
 @dataclass
+class TuneStep:
+    """Changes to the loaded pipeline before it is placed (offload hooks then wrap the modules as they
+    will run): the fast recipes' options, each usable alone."""
+
+    component: str = "transformer"  # the denoiser
+    device: str = "cpu"  # where quantization after fusion runs (the run's device: fast there)
+    fuse_qkv: bool = False
+    quantize_after_fusion: Optional[Dict[str, Any]] = None  # torchao {"method", "kwargs"}; set by a rule
+    vae_channels_last: bool = False
+    attention_backend: Optional[str] = None
+
+
+@dataclass
+class CacheStep:
+    method: Optional[str] = None  # a diffusers *CacheConfig class, enabled on the denoiser after placement
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class PlaceStep:
     method: Optional[str]  # None: pipe.to(device); model | sequential | group: the enable_* call
     kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -51,6 +70,8 @@ class Plan:
     load: LoadStep
     place: PlaceStep
     compile: CompileStep
+    tune: TuneStep = field(default_factory=TuneStep)
+    cache: CacheStep = field(default_factory=CacheStep)
     video: bool = False  # the model makes videos (model.video is set)
     notes: List[str] = field(default_factory=list)  # what rules adjusted, and why
 
@@ -68,12 +89,25 @@ class Plan:
             quant = f"quantized at load: {what} on {', '.join(load.quant_components)}"
         lines = [f"load     {load.pipeline}.from_pretrained({load.source or self.model}, dtype={load.dtype}"
                  f"{', device_map=' + load.device_map if load.device_map else ''})  [{quant}]"]
+        tune = self.tune
+        if tune.fuse_qkv:
+            lines.append(f"tune     pipe.{tune.component}.fuse_qkv_projections()")
+        if tune.quantize_after_fusion:
+            lines.append(f"tune     torchao.quantization.quantize_(pipe.{tune.component}, "
+                         f"{tune.quantize_after_fusion['method']}({_kwargs(tune.quantize_after_fusion['kwargs'])}), "
+                         f"device={tune.device})")
+        if tune.vae_channels_last:
+            lines.append("tune     pipe.vae.to(memory_format=torch.channels_last)")
+        if tune.attention_backend:
+            lines.append(f"tune     pipe.{tune.component}.set_attention_backend({tune.attention_backend!r})")
         if self.place.method is None and load.device_map:
             lines.append(f"place    (already on {load.device_map} through device_map)")
         elif self.place.method is None:
             lines.append(f"place    pipe.to({self.place.kwargs['device']})")
         else:
             lines.append(f"place    pipe.{PLACE_CALLS[self.place.method]}({_kwargs(self.place.kwargs)})")
+        if self.cache.method is not None:
+            lines.append(f"cache    pipe.{tune.component}.enable_cache({self.cache.method}({_kwargs(self.cache.kwargs)}))")
         if self.compile.method is not None:
             call = "compile" if self.compile.method == "full" else "compile_repeated_blocks"
             if self.compile.channels_last:
@@ -140,5 +174,8 @@ def draft_plan(cfg, target: Target) -> Plan:
         load=load,
         place=place,
         compile=compile_step,
+        tune=TuneStep(component=cfg.model.denoiser, device=target.device, fuse_qkv=cfg.tweaks.fuse_qkv,
+                      vae_channels_last=cfg.tweaks.vae_channels_last, attention_backend=cfg.attention.backend),
+        cache=CacheStep(cfg.cache.method, OmegaConf.to_container(cfg.cache.kwargs, resolve=True)),
         video=cfg.model.video is not None,
     )

@@ -70,6 +70,41 @@ def _channels_last_off(plan: Plan) -> str:
     return "compile.channels_last: true -> false"
 
 
+def _quantize_after_fusion(plan: Plan) -> str:
+    denoiser = plan.tune.component
+    plan.load.quant_components = [c for c in plan.load.quant_components if c != denoiser]
+    plan.tune.quantize_after_fusion = {"method": plan.load.quant_method, "kwargs": plan.load.quant_kwargs}
+    return f"{denoiser}: quantized after fusion with torchao's quantize_, not at load"
+
+
+def _cache_fullgraph_off(plan: Plan) -> str:
+    plan.compile.kwargs["fullgraph"] = False
+    return "compile.fullgraph: true -> false"
+
+
+def _vae_channels_last_off(plan: Plan) -> str:
+    plan.tune.vae_channels_last = False
+    return "tweaks.vae_channels_last: true -> false"
+
+
+def _fusing_quantized(plan: Plan, backend_prefix: str) -> bool:
+    return (plan.tune.fuse_qkv and (plan.load.quant_backend or "").startswith(backend_prefix)
+            and plan.tune.component in plan.load.quant_components)
+
+
+# attention backends that run without CUDA; the others are CUDA kernels
+CPU_ATTENTION = ("native", "_native_math", "flex")
+# attention backends that need a package of their own
+ATTENTION_PACKAGES = {"flash": "flash_attn", "flash_varlen": "flash_attn", "_flash_3": "flash_attn_interface",
+                      "_flash_varlen_3": "flash_attn_interface", "sage": "sageattention",
+                      "sage_varlen": "sageattention", "xformers": "xformers"}
+
+
+def _attention_package_missing(plan: Plan) -> bool:
+    package = ATTENTION_PACKAGES.get(plan.tune.attention_backend or "")
+    return package is not None and importlib.util.find_spec(package) is None
+
+
 def _no_regional_blocks(plan: Plan) -> bool:
     cls = getattr(diffusers, plan.denoiser_class, None)
     return plan.compile.method == "regional" and cls is not None and not getattr(cls, "_repeated_blocks", None)
@@ -123,11 +158,43 @@ RULES: List[Rule] = [
                 "bitsandbytes' 4-bit parameters cannot do (NotImplementedError: Cannot copy out of meta "
                 "tensor; no data!, in accelerate's set_module_tensor_to_device; H200)",
          fix="offload=group_leaf or offload=model, or quant=int8 (which runs with sequential offload)"),
+    Rule("fuse_qkv_bitsandbytes", when=lambda p: _fusing_quantized(p, "bitsandbytes"),
+         reason="fuse_qkv_projections concatenates the q, k and v weights into a new Linear, and "
+                "bitsandbytes' packed uint8 weights cannot become one (RuntimeError: Only Tensors of floating "
+                "point and complex dtype can require gradients; bitsandbytes quantizes at load only)",
+         fix="tweaks.fuse_qkv=false with bitsandbytes, or quant=torchao_int8wo / torchao_fp8 (quantized after "
+             "fusion)"),
+    Rule("attention_backend_needs_cuda",
+         when=lambda p: p.tune.attention_backend is not None and p.tune.attention_backend not in CPU_ATTENTION
+         and not p.target.is_cuda,
+         reason="this attention backend is a CUDA kernel (cuDNN, FlashAttention, memory-efficient, ...)",
+         fix="attention=native or attention=default on a CPU"),
+    Rule("attention_backend_package", when=_attention_package_missing,
+         reason="this attention backend calls a package of its own, which is not installed",
+         fix="install it (e.g. pip install flash-attn for attention=flash), or attention=native_cudnn / "
+             "native_flash (torch's own kernels)"),
     Rule("regional_needs_repeated_blocks", when=_no_regional_blocks,
          reason="compile_repeated_blocks compiles the classes listed in the denoiser's _repeated_blocks, "
                 "and this denoiser class lists none",
          fix="compile=default or compile=max_autotune (whole-module compile)"),
     # --- adjustments: the combination runs once these change; each is logged ---
+    Rule("torchao_quantizes_after_fusion",
+         when=lambda p: _fusing_quantized(p, "torchao"),
+         adjust=_quantize_after_fusion,
+         reason="fuse_qkv_projections concatenates the q, k and v weights, which torchao's quantized tensors "
+                "cannot do (NotImplementedError: Int8Tensor dispatch: unimplemented aten.cat; torchao 0.18), "
+                "so the denoiser is fused first and quantized after, as diffusers-torchao does"),
+    Rule("no_fullgraph_with_step_cache",
+         when=lambda p: p.cache.method is not None and _compiling(p) and p.compile.kwargs.get("fullgraph"),
+         adjust=_cache_fullgraph_off,
+         reason="step caches decide at run time whether to skip, in functions marked torch.compiler.disable, "
+                "which a fullgraph compile cannot trace (torch._dynamo.exc.Unsupported: Skip inlining "
+                "TaylorSeerCacheHook._measure_should_compute; torch 2.13)"),
+    Rule("vae_channels_last_is_4d_only",
+         when=lambda p: p.tune.vae_channels_last and p.video,
+         adjust=_vae_channels_last_off,
+         reason="a video VAE's convolutions are 3-D, with 5-D weights, and channels_last is a layout of 4-D "
+                "tensors (RuntimeError: required rank 4 tensor to use channels_last format; AutoencoderKLWan)"),
     Rule("quantize_only_existing_components",
          when=lambda p: bool(p.load.quant_components) and p.components is not None
          and not set(p.load.quant_components) <= p.components,

@@ -13,10 +13,11 @@ from omegaconf import OmegaConf
 from qco.compose import compose_pipeline
 from qco.errors import QcoError
 from qco.measure import (DeviceMemory, HostMemory, Phase, compile_settings, component_sizes_gb, measure_calls,
-                         stats)
+                         output_media, stats)
 from qco.oom import out_of_memory
 from qco.models.source import resolve_source
 from qco.plan import Plan, draft_plan
+from qco.reference import measure_quality
 from qco.report import (environment, save_image_atomic, save_video_atomic, summary_table, write_json_atomic,
                         write_rerun_config)
 from qco.rules import apply_rules
@@ -30,7 +31,11 @@ PACKAGED_CONF = Path(__file__).parent / "conf"
 
 
 def combination(cfg) -> str:
-    return f"model={cfg.model.name} quant={cfg.quant.name} compile={cfg.compile.name} offload={cfg.offload.name}"
+    """The choices of every group, the last three only where something is chosen."""
+    extras = "".join(f" {group}={cfg[group].name}" for group, default in
+                     (("attention", "default"), ("cache", "none"), ("tweaks", "none")) if cfg[group].name != default)
+    return (f"model={cfg.model.name} quant={cfg.quant.name} compile={cfg.compile.name} "
+            f"offload={cfg.offload.name}{extras}")
 
 
 def call_kwargs(run) -> dict:
@@ -117,10 +122,15 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
     sizes = component_sizes_gb(pipe)
 
     run = cfg.run
+    kwargs = call_kwargs(run)
     device.reset()
     with compile_settings(plan.compile.dynamo, plan.compile.inductor):
-        measured = measure_calls(pipe, call_kwargs(run), run.seed, plan.target.device, run.warmup, run.repeats,
+        measured = measure_calls(pipe, kwargs, run.seed, plan.target.device, run.warmup, run.repeats,
                                  run.steps, phase)
+    memory = {**device.peaks_gb(), "load_peak_allocated_gb": load_memory["peak_allocated_gb"],
+              "load_peak_reserved_gb": load_memory["peak_reserved_gb"], "host_peak_gb": host.peak_gb(),
+              "components_gb": sizes}
+    del pipe  # measured: its memory is free for the reference, if one must be made
     images, videos = [], []
     for index, image in enumerate(measured.images):  # of a video: its first frame, for tables and grids
         save_image_atomic(image, run_dir / f"image_{index}.png")
@@ -136,17 +146,22 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
             "latency_s": {**stats(measured.call_s), "samples": measured.call_s},
             "step_s": {**stats(steps), "last_call": measured.step_s[-1]},
         },
-        "memory": {
-            **device.peaks_gb(),
-            "load_peak_allocated_gb": load_memory["peak_allocated_gb"],
-            "load_peak_reserved_gb": load_memory["peak_reserved_gb"],
-            "host_peak_gb": host.peak_gb(),
-            "components_gb": sizes,
-        },
+        "memory": memory,
         "environment": environment(plan.target.device),
         "images": images,
         "videos": videos,
+        "quality": quality(cfg, plan, kwargs, measured.images) if run.quality else None,
     }
+
+
+def quality(cfg, plan: Plan, kwargs: dict, images) -> dict:
+    """PSNR and SSIM against the reference image. A failure to make the reference (say, it does not fit)
+    is recorded and logged, and does not fail the run that was measured."""
+    try:
+        return measure_quality(cfg, plan, kwargs, images, output_media)
+    except Exception as error:  # noqa: BLE001 - the measurement stands without its quality
+        log.warning("No quality figures: the reference image could not be made (%s: %s)", type(error).__name__, error)
+        return {"error": f"{type(error).__name__}: {error}"[:500]}
 
 
 def _load_refusal(model, error: Exception) -> Optional[QcoError]:

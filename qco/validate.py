@@ -103,6 +103,25 @@ def check_class_names(cfg) -> List[str]:
             problems.append(f"model.build.components.{name}.cls={spec.cls}: not a diffusers model or scheduler, "
                             f"a transformers model, or one of the tokenizers {', '.join(sorted(MAKERS))}; "
                             "fix: name a class of one of those kinds")
+    if cfg.cache.method is not None:
+        import diffusers
+
+        cls = getattr(diffusers, str(cfg.cache.method), None)
+        if not (isinstance(cls, type) and str(cfg.cache.method).endswith("CacheConfig")):
+            problems.append(f"cache.method={cfg.cache.method}: not a step-cache config class of diffusers; "
+                            "fix: e.g. FirstBlockCacheConfig, TaylorSeerCacheConfig (or cache=first_block)")
+    if cfg.attention.backend is not None:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        names = [b.value for b in AttentionBackendName]
+        if cfg.attention.backend not in names:
+            problems.append(f"attention.backend={cfg.attention.backend}: not an attention backend of diffusers; "
+                            f"allowed: {', '.join(n for n in names if not n.endswith('_hub'))}; "
+                            "fix: e.g. attention=native_cudnn")
+        elif cfg.attention.backend.endswith("_hub"):
+            problems.append(f"attention.backend={cfg.attention.backend}: this backend downloads its kernels from the "
+                            "Hugging Face hub when it is set, and qco runs no code it did not ship with; fix: install "
+                            "the kernel's package and use its backend (e.g. attention=flash), or attention=native_cudnn")
     if cfg.quant.backend == "torchao" and importlib.util.find_spec("torchao") is not None:
         import torchao.quantization
 

@@ -16,6 +16,8 @@ CONF = REPO / "conf"
 # compiled kernels are reused across tests (and across CI runs on the same machine)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(REPO / ".pytest_cache" / "inductor"))
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach a hub in tests
+# reference images (quality) are cached per setting; runs in subprocesses find the same cache
+os.environ.setdefault("QCO_REFERENCE_CACHE", str(REPO / ".pytest_cache" / "references"))
 
 register_configs()
 

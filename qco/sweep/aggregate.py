@@ -14,7 +14,7 @@ from typing import List, Optional
 from qco.report import write_atomic, write_json_atomic, write_text_atomic
 
 COLUMNS = ["job", "status", "latency_s", "latency_stdev_s", "first_call_s", "peak_allocated_gb",
-           "peak_reserved_gb", "host_peak_gb", "reason"]
+           "peak_reserved_gb", "host_peak_gb", "ssim", "psnr_db", "reason"]
 
 
 def load_rows(sweep_dir: Path) -> List[dict]:
@@ -47,9 +47,17 @@ def read_rows(sweep_dir: Path) -> List[dict]:
                        images=[str(path.parent / name) for name in record.get("images", [])
                                if (path.parent / name).is_file()],
                        machine=_machine(record.get("environment", {})),
+                       **_quality(record.get("quality")),
                        reason="; ".join(n.split(" (")[0] for n in record.get("plan", {}).get("notes", [])))
         rows.append(row)
     return rows
+
+
+def _quality(quality: Optional[dict]) -> dict:
+    """SSIM and PSNR against the reference image, where the run measured them."""
+    if not quality or "ssim" not in quality:
+        return {}
+    return {"ssim": quality["ssim"], "psnr_db": quality["psnr_db"], "identical": quality.get("identical", False)}
 
 
 def run_setting(record: dict) -> str:
@@ -101,7 +109,10 @@ def markdown(rows: List[dict]) -> str:
     front = {id(r) for r in pareto_front(rows)}
     lines = ["| " + " | ".join(COLUMNS + ["pareto"]) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + f" | {'*' if id(row) in front else ''} |")
+        cells = {c: _cell(row.get(c)) for c in COLUMNS}
+        if row.get("identical"):
+            cells["psnr_db"] = "identical"  # infinite: the run is the reference, or matches it exactly
+        lines.append("| " + " | ".join(cells[c] for c in COLUMNS) + f" | {'*' if id(row) in front else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +126,16 @@ def plot_pareto(rows: List[dict], path: Path) -> None:
     front = sorted(pareto_front(rows), key=memory_of)
     gpu = any(r.get("peak_allocated_gb") is not None for r in done)
     figure, axes = plt.subplots(figsize=(9, 6))
-    axes.scatter([memory_of(r) for r in done], [r["latency_s"] for r in done], color="tab:blue", zorder=2)
+    scored = [r for r in done if r.get("ssim") is not None]
+    unscored = [r for r in done if r.get("ssim") is None]
+    if scored:  # the colour is the quality: SSIM against the reference image (1 = the same image)
+        points = axes.scatter([memory_of(r) for r in scored], [r["latency_s"] for r in scored],
+                              c=[r["ssim"] for r in scored], cmap="viridis", vmax=1.0,
+                              vmin=min(min(r["ssim"] for r in scored), 0.999), s=60, zorder=4)
+        figure.colorbar(points, ax=axes, label="SSIM against the reference (nothing applied)")
+    if unscored:
+        axes.scatter([memory_of(r) for r in unscored], [r["latency_s"] for r in unscored], color="tab:gray",
+                     label="no quality measured", zorder=2)
     axes.plot([memory_of(r) for r in front], [r["latency_s"] for r in front], "o-", color="tab:red",
               label="Pareto front", zorder=3)
     for row in done:

@@ -1,0 +1,89 @@
+"""The fastest combination of a sweep that fits a memory budget (and a minimum quality), with the
+command line that runs it.
+
+    python -m qco.recommend outputs/sweeps/<name> --memory-gb 12
+    python -m qco.recommend outputs/sweeps/<name> --memory-gb 12 --min-ssim 0.9 --min-psnr 25
+
+Memory is the peak allocated GPU memory by default (--memory reserved or host for the others; a CPU
+sweep has host memory only). Quality is each run's SSIM and PSNR against the reference image of the
+same model, prompt and seed made with nothing applied (qco/reference.py)."""
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from qco.sweep.aggregate import read_rows
+
+MEMORY_KEYS = {"allocated": "peak_allocated_gb", "reserved": "peak_reserved_gb", "host": "host_peak_gb"}
+
+
+def _quality_ok(row: dict, min_ssim: Optional[float], min_psnr: Optional[float]) -> bool:
+    if min_ssim is not None and (row.get("ssim") is None or row["ssim"] < min_ssim):
+        return False
+    if min_psnr is not None:
+        identical = row.get("identical")
+        if not identical and (row.get("psnr_db") is None or row["psnr_db"] < min_psnr):
+            return False
+    return True
+
+
+def recommend(rows: List[dict], memory_gb: float, memory: str = "allocated", min_ssim: Optional[float] = None,
+              min_psnr: Optional[float] = None) -> Tuple[Optional[dict], List[dict]]:
+    """The fastest measured row within the budget and quality floor, and the measured rows."""
+    key = MEMORY_KEYS[memory]
+    measured = [r for r in rows if r["status"] == "ok" and r.get(key) is not None]
+    fits = [r for r in measured if r[key] <= memory_gb and _quality_ok(r, min_ssim, min_psnr)]
+    return (min(fits, key=lambda r: r["latency_s"]) if fits else None), measured
+
+
+def command_line(row: dict) -> str:
+    return " ".join(["python -m qco", *(shlex.quote(o) for o in row["overrides"])])
+
+
+def _describe(row: dict, key: str) -> str:
+    quality = ""
+    if row.get("ssim") is not None:
+        psnr = "identical" if row.get("identical") else f"PSNR {row['psnr_db']:.1f} dB"
+        quality = f", SSIM {row['ssim']:.3f}, {psnr}"
+    return f"latency {row['latency_s']:.3f} s, {key} {row[key]:.2f} GB{quality}"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qco.recommend", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--memory-gb", type=float, required=True, help="the memory budget, in GB")
+    parser.add_argument("--memory", choices=sorted(MEMORY_KEYS), default="allocated",
+                        help="which peak the budget applies to (default: allocated GPU memory)")
+    parser.add_argument("--min-ssim", type=float, default=None, help="e.g. 0.9 (1.0: identical to the reference)")
+    parser.add_argument("--min-psnr", type=float, default=None, help="in dB, e.g. 25")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"qco.recommend: {args.sweep_dir} is not a folder; fix: give a sweep folder "
+              "(outputs/sweeps/<name>) or any folder of run folders", file=sys.stderr)
+        return 2
+    key = MEMORY_KEYS[args.memory]
+    best, measured = recommend(read_rows(args.sweep_dir), args.memory_gb, args.memory, args.min_ssim, args.min_psnr)
+    floor = "".join([f" and SSIM >= {args.min_ssim}" if args.min_ssim is not None else "",
+                     f" and PSNR >= {args.min_psnr} dB" if args.min_psnr is not None else ""])
+    if best is None:
+        if not measured:
+            print(f"qco.recommend: no finished run in {args.sweep_dir} has a {key}; fix: run a sweep there first, "
+                  "or choose --memory host for CPU runs", file=sys.stderr)
+            return 1
+        leanest = min(measured, key=lambda r: r[key])
+        print(f"qco.recommend: no combination in {args.sweep_dir} fits {args.memory_gb} GB ({key}){floor}; the "
+              f"leanest is {leanest['job']} at {leanest[key]:.2f} GB; fix: raise --memory-gb"
+              f"{' or lower the quality floor' if floor else ''}, or sweep leaner options (quant=nf4, offload=model)",
+              file=sys.stderr)
+        return 1
+    print(f"fastest within {args.memory_gb} GB ({key}){floor}, of {len(measured)} measured: {best['job']}")
+    print(f"  {_describe(best, key)}")
+    print(f"  run it:            {command_line(best)}")
+    print(f"  exactly as it ran: python -m qco --config-dir {best['dir']} --config-name rerun")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The reference a run's image is compared with: the same model, prompt, seed, size, steps, guidance and
+batch, made with nothing applied (run.dtype, no quantization, compile, offload, step cache, fused
+projections or attention backend). It is made once per model, settings and machine and cached under
+paths.references; a run with nothing applied is its own reference and fills the cache for the others."""
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+from diffusers.models.attention_dispatch import _AttentionBackendRegistry, attention_backend
+from PIL import Image
+
+from qco.plan import LoadStep, Plan
+from qco.quality import compare
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "reference.json"  # written last: a folder without it is not a finished reference
+# set_attention_backend also changes diffusers' process-wide default, so the reference is made under
+# the default this process started with, whatever a run before it chose
+DEFAULT_ATTENTION = _AttentionBackendRegistry.get_active_backend()[0]
+
+
+def nothing_applied(cfg, plan: Plan) -> bool:
+    return (plan.load.quant_backend is None and plan.place.method is None and plan.compile.method is None
+            and cfg.cache.method is None and not cfg.tweaks.fuse_qkv and not cfg.tweaks.vae_channels_last
+            and cfg.attention.backend is None)
+
+
+def reference_key(cfg, plan: Plan) -> dict:
+    """What decides the reference image: weights, call arguments, dtype and the machine's arithmetic."""
+    run = cfg.run
+    device = plan.target.device
+    return {
+        "model": cfg.model.name,
+        "source": plan.load.source,  # a built model's folder name carries a hash of its recipe
+        "revision": cfg.model.revision,
+        "run": {"prompt": run.prompt, "seed": run.seed, "steps": run.steps, "height": run.height,
+                "width": run.width, "guidance": run.guidance, "batch": run.batch, "frames": run.frames,
+                "dtype": run.dtype},
+        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+    }
+
+
+def reference_folder(cfg, plan: Plan) -> Tuple[Path, dict]:
+    key = reference_key(cfg, plan)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cfg.paths.references).expanduser() / f"{cfg.model.name}-{digest}", key
+
+
+def load_reference(folder: Path) -> Optional[List[Image.Image]]:
+    try:
+        names = json.loads((folder / KEY_FILE).read_text())["images"]
+        return [Image.open(folder / name).convert("RGB") for name in names]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def save_reference(folder: Path, images: List[Image.Image], key: dict, made_by: str) -> None:
+    """Written beside the cache folder and renamed into place whole; a concurrent writer's copy wins."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        names = []
+        for index, image in enumerate(images):
+            image.save(staging / f"image_{index}.png")
+            names.append(f"image_{index}.png")
+        (staging / KEY_FILE).write_text(json.dumps({**key, "images": names, "made_by": made_by}, indent=1))
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if load_reference(folder) is None:
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def generate_reference(plan: Plan, kwargs: dict, seed: int, extract) -> List[Image.Image]:
+    """One call of the pipeline as loaded, on the run's device; with model offload where it does not
+    fit (the same kernels on the same device, so the same image, in less memory)."""
+    from qco.compose import load_pipeline
+
+    load = LoadStep(pipeline=plan.load.pipeline, source=plan.load.source, dtype=plan.load.dtype,
+                    trust_remote_code=plan.load.trust_remote_code)
+    pipe = load_pipeline(load)
+    device = plan.target.device
+    try:
+        pipe.to(device)
+    except torch.OutOfMemoryError:
+        log.warning("The reference pipeline does not fit on %s: making it with model offload", device)
+        pipe.enable_model_cpu_offload(device=device)
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        with attention_backend(DEFAULT_ATTENTION):
+            output = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed))
+        return extract(output, kwargs)[0]
+    finally:
+        del pipe
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def measure_quality(cfg, plan: Plan, kwargs: dict, images: List[Image.Image], extract) -> dict:
+    """PSNR and SSIM of this run's images against the reference, which is made first if not cached."""
+    folder, key = reference_folder(cfg, plan)
+    references = load_reference(folder)
+    if references is None:
+        if nothing_applied(cfg, plan):
+            references, made_by = images, "this run"
+        else:
+            log.info("Making the reference image (nothing applied) into %s", folder)
+            references, made_by = generate_reference(plan, kwargs, cfg.run.seed, extract), "a run of qco"
+        save_reference(folder, references, key, made_by)
+    return {**compare(images, references), "reference": str(folder)}
