@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The fastest and the leanest FLUX.1-dev presets beside bf16 eager and nf4, in one run on one GPU,
+# each in its own process, 1024x1024, 28 steps, 1 warm-up + 3 timed calls, with image quality against
+# the reference made with nothing applied (the bf16 row, which runs first and fills the cache).
+# Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_presets.sh OUT_DIR [ROW ...]
+# A rerun with the same OUT_DIR skips the rows already recorded. QCO_BENCH_MODEL / QCO_BENCH_DEVICE
+# rehearse it elsewhere (tiny_flux, cpu: the CUDA-only rows are refused, and say so).
+set -u
+out=${1:?usage: gpu_presets.sh OUT_DIR [ROW ...]}; shift
+declare -A rows=(
+  [bf16]=""
+  [nf4]="quant=nf4"
+  [leanest]="experiment=leanest_flux"
+  [fastest]="experiment=fastest_flux"
+  [fastest_first_block]="experiment=fastest_flux cache=first_block"
+  [fastest_sdpa]="experiment=fastest_flux attention=default"   # what cuDNN attention adds
+)
+order=(bf16 nf4 leanest fastest fastest_first_block fastest_sdpa)
+[ $# -gt 0 ] && order=("$@")
+mkdir -p "$out"
+for name in "${order[@]}"; do
+  if python - "$out/$name/results.json" <<'PY'
+import json, sys
+try:
+    sys.exit(0 if json.load(open(sys.argv[1]))["status"] in ("ok", "refused", "failed") else 1)
+except (OSError, ValueError, KeyError):
+    sys.exit(1)
+PY
+  then echo "=== $name: recorded, skipped"; continue; fi
+  echo "=== $name: ${rows[$name]}"
+  # a compile that does not finish is stopped as Ctrl-C would stop it: the row records "interrupted"
+  timeout -s INT "${QCO_ROW_TIMEOUT:-600}" python -m qco ${rows[$name]} model=${QCO_BENCH_MODEL:-flux_dev_random} run.device=${QCO_BENCH_DEVICE:-cuda} \
+    hydra.run.dir="$out/$name" 2>&1 | grep -v -i "warn" | tail -n 4
+done
+python -m qco.sweep.aggregate "$out"
