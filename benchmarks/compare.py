@@ -113,9 +113,16 @@ class Comparison:
                 "--seed", str(r["seed"]), "--warmup", str(r["warmup"]), "--repeats", str(r["repeats"]),
                 "--out", str(self.out / "plain" / f"{name}.json")]
 
+    def model_ready(self, name: str) -> bool:
+        """Whether the weights the plain side loads exist yet (qco builds a recipe model at its first run)."""
+        cfg = self.resolved(name)
+        return bool(cfg["model"]["id"]) or Path(self.source(cfg)).is_dir()
+
     def measure(self, name: str, index: int) -> None:
-        # the first row runs qco first (it builds the model); then the order alternates row by row
-        for side in ("qco", "plain") if index % 2 == 0 else ("plain", "qco"):
+        # the order alternates row by row; qco goes first wherever the model is not built yet (a first
+        # row, or the first row left to run on a fresh machine)
+        plain_first = index % 2 == 1 and self.model_ready(name)
+        for side in ("plain", "qco") if plain_first else ("qco", "plain"):
             done = self.out / ("qco" if side == "qco" else "plain") / (f"{name}/results.json" if side == "qco"
                                                                         else f"{name}.json")
             if _finished(read_json(done)):

@@ -62,3 +62,22 @@ def test_rerun_skips_measured_rows_and_reproduce_reads_two_runs(comparison, tmp_
                           capture_output=True, text=True, timeout=120, cwd=REPO).stdout
     line = next(l for l in text.splitlines() if l.startswith("| bf16 baseline"))
     assert line.split("|")[2].strip() == "+0.0" and line.split("|")[3].strip() == "+10.0"
+
+
+def test_on_a_fresh_machine_qco_builds_the_model_before_the_plain_side_loads_it(comparison, tmp_path):
+    """Resuming where only the second row is left, with an empty model cache: that row's turn is plain
+    first, but the plain script cannot load a model qco has not built yet, so qco goes first."""
+    out, _ = comparison
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "qco" / "nf4")
+    (resumed / "plain" / "nf4.json").unlink()
+    fresh_cache = tmp_path / "models"
+    result = subprocess.run([sys.executable, str(COMPARE), str(resumed), "--model", "tiny_flux", "--device", "cpu",
+                             "--rows", "bf16,nf4", "--repeats", "2", "--run", f"paths.models={fresh_cache}"],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    ran = [line.split(":")[0].strip() for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert ran[:2] == ["qco", "plain"], result.stdout
+    plain = json.loads((resumed / "plain" / "nf4.json").read_text())
+    assert "is neither a valid local path" not in plain.get("reason", "")  # it found the model qco built
+    assert any(fresh_cache.iterdir())
