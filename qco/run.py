@@ -64,6 +64,9 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
     record = {"status": "running", "combination": combination(cfg), "overrides": list(overrides or []),
               "config": OmegaConf.to_container(cfg, resolve=True), "started_at": time.time(), "pid": os.getpid()}
     try:
+        # recorded as running first: a process that dies without Python's cleanup (a native crash, a
+        # kill -9) leaves this record, not nothing; the finally below replaces it
+        write_json_atomic(run_dir / "results.json", record)
         write_rerun_config(run_dir, cfg)
         plan = check_and_plan(cfg)
         record["plan"] = plan.as_dict()

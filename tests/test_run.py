@@ -103,3 +103,31 @@ def test_refused_run_records_its_reason(make_cfg, tmp_path):
         run(make_cfg("offload=sequential", "run.device=cpu"), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "refused" and "sequential_needs_accelerator" in saved["reason"]
+
+
+def test_a_run_killed_without_cleanup_leaves_a_record_that_says_so(tmp_path, models_cache):
+    """kill -9 (or a native crash) skips every finally: the record written at the start remains, and
+    the table says what it means."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from qco.sweep.aggregate import read_rows
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "QCO_MODEL_CACHE": str(models_cache), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "qco", "run.repeats=1000", "run.device=cpu",
+                                f"hydra.run.dir={run_dir}"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run_dir / "results.json").exists():
+        time.sleep(0.2)
+    time.sleep(5)  # loaded and into its (many) timed calls
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "running" and record["pid"] == process.pid
+    row = read_rows(tmp_path)[0]
+    assert row["status"] == "running" and "died without cleaning up" in row["reason"]

@@ -36,8 +36,12 @@ def read_rows(sweep_dir: Path) -> List[dict]:
             rows.append({"job": path.parent.name, "overrides": [], "status": "unreadable",
                          "reason": f"results.json cannot be read ({type(error).__name__})", "dir": path.parent})
             continue
+        reason = record.get("reason", "")
+        if record.get("status") == "running":
+            reason = (f"no end recorded: still running, or process {record.get('pid')} died without cleaning up "
+                      "(a native crash or a kill); its log is in this folder")
         row = {"job": path.parent.name, "overrides": list(record.get("overrides") or []),
-               "status": record.get("status"), "reason": record.get("reason", ""), "dir": path.parent,
+               "status": record.get("status"), "reason": reason, "dir": path.parent,
                "setting": run_setting(record), "combination": record.get("combination")}
         if record.get("status") == "ok":
             t, m = record["timings"], record["memory"]
