@@ -245,14 +245,19 @@ def reproduce(first: Path, second: Path) -> str:
 
     for name, row in b.items():
         old = a.get(name, {})
-        if "ratio" not in row or "ratio" not in old:
-            lines.append(f"| {row['title']} | not measured in both runs | | | | |")
-            continue
-        lines.append(f"| {row['title']} | {change(old['qco']['latency_s'], row['qco']['latency_s'])} "
-                     f"| {change(old['plain']['latency_s'], row['plain']['latency_s'])} "
-                     f"| {change(old['ratio']['latency_s'], row['ratio']['latency_s'])} "
-                     f"| {change(old['qco']['peak_allocated_gb'], row['qco']['peak_allocated_gb'])} "
-                     f"| {change(old['plain']['peak_allocated_gb'], row['plain']['peak_allocated_gb'])} |")
+
+        def figure(side, key):
+            return change((old.get(side) or {}).get(key), (row.get(side) or {}).get(key))
+
+        def ratio():
+            return change((old.get("ratio") or {}).get("latency_s"), (row.get("ratio") or {}).get("latency_s"))
+
+        cells = [figure("qco", "latency_s"), figure("plain", "latency_s"), ratio(),
+                 figure("qco", "peak_allocated_gb"), figure("plain", "peak_allocated_gb")]
+        if all(c == "-" for c in cells):  # neither side measured in both: say what each run recorded
+            cells = [f"qco {old.get('qco_status')} / {row.get('qco_status')}",
+                     f"plain {old.get('plain_status')} / {row.get('plain_status')}", "", "", ""]
+        lines.append(f"| {row['title']} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     (second / "reproduce.md").write_text(text)
     return text

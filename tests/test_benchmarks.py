@@ -44,7 +44,10 @@ def test_a_failed_side_is_reported_with_its_reason(comparison):
     assert rows["nf4"]["qco_status"] == "ok" and rows["nf4"]["plain_status"] == "failed"
     assert "No GPU found" in rows["nf4"]["plain_reason"]
     assert "plain diffusers failed: RuntimeError: No GPU found" in (out / "compare.md").read_text()
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    # the exit code says whether every measured row met the goals (CPU timings are noisy: either way)
+    measured = [r for r in rows.values() if "ratio" in r]
+    assert measured and result.returncode == (0 if all(r["within_goal"] for r in measured) else 1), \
+        result.stdout[-2000:] + result.stderr[-2000:]
 
 
 def test_rerun_skips_measured_rows_and_reproduce_reads_two_runs(comparison, tmp_path, models_cache):
