@@ -83,8 +83,8 @@ class Plan:
     def describe(self) -> List[str]:
         """The calls, in the order the composer makes them."""
         load = self.load
-        quant = "no quantization"
-        if load.quant_backend:
+        quant = "no quantization at load"
+        if load.quant_backend and load.quant_components:  # (a rule may move the denoiser's to after fusion)
             what = load.quant_method or load.quant_backend
             quant = f"quantized at load: {what} on {', '.join(load.quant_components)}"
         lines = [f"load     {load.pipeline}.from_pretrained({load.source or self.model}, dtype={load.dtype}"

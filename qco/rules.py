@@ -77,11 +77,6 @@ def _quantize_after_fusion(plan: Plan) -> str:
     return f"{denoiser}: quantized after fusion with torchao's quantize_, not at load"
 
 
-def _cache_fullgraph_off(plan: Plan) -> str:
-    plan.compile.kwargs["fullgraph"] = False
-    return "compile.fullgraph: true -> false"
-
-
 def _vae_channels_last_off(plan: Plan) -> str:
     plan.tune.vae_channels_last = False
     return "tweaks.vae_channels_last: true -> false"
@@ -186,7 +181,7 @@ RULES: List[Rule] = [
                 "so the denoiser is fused first and quantized after, as diffusers-torchao does"),
     Rule("no_fullgraph_with_step_cache",
          when=lambda p: p.cache.method is not None and _compiling(p) and p.compile.kwargs.get("fullgraph"),
-         adjust=_cache_fullgraph_off,
+         adjust=_fullgraph_off,
          reason="step caches decide at run time whether to skip, in functions marked torch.compiler.disable, "
                 "which a fullgraph compile cannot trace (torch._dynamo.exc.Unsupported: Skip inlining "
                 "TaylorSeerCacheHook._measure_should_compute; torch 2.13)"),
