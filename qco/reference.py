@@ -74,6 +74,8 @@ def save_reference(folder: Path, images: List[Image.Image], key: dict, made_by: 
             image.save(staging / f"image_{index}.png")
             names.append(f"image_{index}.png")
         (staging / KEY_FILE).write_text(json.dumps({**key, "images": names, "made_by": made_by}, indent=1))
+        if folder.is_dir() and load_reference(folder) is None:  # damaged since it was made: replace it
+            shutil.rmtree(folder, ignore_errors=True)
         try:
             os.replace(staging, folder)
         except OSError:

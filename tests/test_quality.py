@@ -166,3 +166,13 @@ def test_recommend_says_in_one_line_when_nothing_fits(quality_sweep):
     assert len(lines) == 1 and "fits 0.001 GB" in lines[0] and "the leanest is" in lines[0] and "fix:" in lines[0]
     missing = _recommend(quality_sweep / "nope", "--memory-gb", 1)
     assert missing.returncode == 2 and "is not a folder" in missing.stderr
+
+
+def test_a_damaged_reference_is_made_again(make_cfg, tmp_path):
+    references = tmp_path / "references"
+    first, _ = _run(make_cfg, tmp_path / "a", references, "quant=torchao_int8wo")
+    folder = references / first["quality"]["reference"].split("/")[-1]
+    (folder / "image_0.png").unlink()  # cut short after it was made
+    again, _ = _run(make_cfg, tmp_path / "b", references, "quant=torchao_int8wo")
+    assert again["quality"]["ssim"] == pytest.approx(first["quality"]["ssim"])
+    assert (folder / "image_0.png").is_file()
