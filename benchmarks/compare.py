@@ -113,6 +113,9 @@ class Comparison:
                 "--seed", str(r["seed"]), "--warmup", str(r["warmup"]), "--repeats", str(r["repeats"]),
                 "--out", str(self.out / "plain" / f"{name}.json")]
 
+    def record(self, name: str, side: str) -> Path:
+        return self.out / "qco" / name / "results.json" if side == "qco" else self.out / "plain" / f"{name}.json"
+
     def model_ready(self, name: str) -> bool:
         """Whether the weights the plain side loads exist yet (qco builds a recipe model at its first run)."""
         cfg = self.resolved(name)
@@ -123,9 +126,7 @@ class Comparison:
         # row, or the first row left to run on a fresh machine)
         plain_first = index % 2 == 1 and self.model_ready(name)
         for side in ("plain", "qco") if plain_first else ("qco", "plain"):
-            done = self.out / ("qco" if side == "qco" else "plain") / (f"{name}/results.json" if side == "qco"
-                                                                        else f"{name}.json")
-            if _finished(read_json(done)):
+            if _finished(read_json(self.record(name, side))):
                 continue
             command = self.qco_command(name) if side == "qco" else self.plain_command(name)
             print(f"  {side}: {' '.join(command[1:])}", flush=True)
