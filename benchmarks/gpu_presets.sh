@@ -28,8 +28,9 @@ except (OSError, ValueError, KeyError):
 PY
   then echo "=== $name: recorded, skipped"; continue; fi
   echo "=== $name: ${rows[$name]}"
-  # a compile that does not finish is stopped as Ctrl-C would stop it: the row records "interrupted"
-  timeout -s INT "${QCO_ROW_TIMEOUT:-600}" python -m qco ${rows[$name]} model=${QCO_BENCH_MODEL:-flux_dev_random} run.device=${QCO_BENCH_DEVICE:-cuda} \
+  # a compile that does not finish is stopped as Ctrl-C would stop it (the fastest preset was still
+  # autotuning after 420 s on an H200: the limit is 25 minutes unless QCO_ROW_TIMEOUT says otherwise)
+  timeout -s INT "${QCO_ROW_TIMEOUT:-1500}" python -m qco ${rows[$name]} model=${QCO_BENCH_MODEL:-flux_dev_random} run.device=${QCO_BENCH_DEVICE:-cuda} \
     hydra.run.dir="$out/$name" 2>&1 | grep -v -i "warn" | tail -n 4
 done
 python -m qco.sweep.aggregate "$out"
