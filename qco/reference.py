@@ -7,9 +7,7 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -17,8 +15,10 @@ import torch
 from diffusers.models.attention_dispatch import _AttentionBackendRegistry, attention_backend
 from PIL import Image
 
+from qco.measure import output_media
 from qco.plan import LoadStep, Plan
 from qco.quality import compare
+from qco.report import write_folder_atomic
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +28,16 @@ KEY_FILE = "reference.json"  # written last: a folder without it is not a finish
 DEFAULT_ATTENTION = _AttentionBackendRegistry.get_active_backend()[0]
 
 
-def nothing_applied(cfg, plan: Plan) -> bool:
+def nothing_applied(plan: Plan) -> bool:
+    tune = plan.tune
     return (plan.load.quant_backend is None and plan.place.method is None and plan.compile.method is None
-            and cfg.cache.method is None and not cfg.tweaks.fuse_qkv and not cfg.tweaks.vae_channels_last
-            and cfg.attention.backend is None)
+            and plan.cache.method is None and not tune.fuse_qkv and not tune.vae_channels_last
+            and tune.attention_backend is None)
 
 
 def reference_key(cfg, plan: Plan) -> dict:
     """What decides the reference image: weights, call arguments, dtype and the machine's arithmetic."""
     run = cfg.run
-    device = plan.target.device
     return {
         "model": cfg.model.name,
         "source": plan.load.source,  # a built model's folder name carries a hash of its recipe
@@ -45,7 +45,7 @@ def reference_key(cfg, plan: Plan) -> dict:
         "run": {"prompt": run.prompt, "seed": run.seed, "steps": run.steps, "height": run.height,
                 "width": run.width, "guidance": run.guidance, "batch": run.batch, "frames": run.frames,
                 "dtype": run.dtype},
-        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+        "device": plan.target.name,  # the GPU's name, or cpu
         "torch": torch.__version__,
     }
 
@@ -65,27 +65,17 @@ def load_reference(folder: Path) -> Optional[List[Image.Image]]:
 
 
 def save_reference(folder: Path, images: List[Image.Image], key: dict, made_by: str) -> None:
-    """Written beside the cache folder and renamed into place whole; a concurrent writer's copy wins."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    def fill(staging: Path) -> None:
         names = []
         for index, image in enumerate(images):
             image.save(staging / f"image_{index}.png")
             names.append(f"image_{index}.png")
         (staging / KEY_FILE).write_text(json.dumps({**key, "images": names, "made_by": made_by}, indent=1))
-        if folder.is_dir() and load_reference(folder) is None:  # damaged since it was made: replace it
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if load_reference(folder) is None:
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    write_folder_atomic(folder, fill, finished=lambda made: load_reference(made) is not None)
 
 
-def generate_reference(plan: Plan, kwargs: dict, seed: int, extract) -> List[Image.Image]:
+def generate_reference(plan: Plan, kwargs: dict, seed: int) -> List[Image.Image]:
     """One call of the pipeline as loaded, on the run's device; with model offload where it does not
     fit (the same kernels on the same device, so the same image, in less memory)."""
     from qco.compose import load_pipeline
@@ -103,7 +93,7 @@ def generate_reference(plan: Plan, kwargs: dict, seed: int, extract) -> List[Ima
     try:
         with attention_backend(DEFAULT_ATTENTION):
             output = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed))
-        return extract(output, kwargs)[0]
+        return output_media(output, kwargs)[0]
     finally:
         del pipe
         gc.collect()
@@ -111,15 +101,18 @@ def generate_reference(plan: Plan, kwargs: dict, seed: int, extract) -> List[Ima
             torch.cuda.empty_cache()
 
 
-def measure_quality(cfg, plan: Plan, kwargs: dict, images: List[Image.Image], extract) -> dict:
+def measure_quality(cfg, plan: Plan, kwargs: dict, images: List[Image.Image]) -> dict:
     """PSNR and SSIM of this run's images against the reference, which is made first if not cached."""
     folder, key = reference_folder(cfg, plan)
     references = load_reference(folder)
     if references is None:
-        if nothing_applied(cfg, plan):
+        if folder.exists():  # damaged since it was made (a file gone or cut short): make it again
+            log.warning("The cached reference %s cannot be read: making it again", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        if nothing_applied(plan):
             references, made_by = images, "this run"
         else:
             log.info("Making the reference image (nothing applied) into %s", folder)
-            references, made_by = generate_reference(plan, kwargs, cfg.run.seed, extract), "a run of qco"
+            references, made_by = generate_reference(plan, kwargs, cfg.run.seed), "a run of qco"
         save_reference(folder, references, key, made_by)
     return {**compare(images, references), "reference": str(folder)}

@@ -73,6 +73,22 @@ def write_atomic(path: Path, write: Callable, binary: bool = False) -> None:
         raise
 
 
+def write_folder_atomic(folder: Path, fill: Callable[[Path], None], finished: Callable[[Path], bool]) -> None:
+    """Fill a folder beside the target and rename it into place whole: a reader finds no folder or a
+    complete one. Where another process put a finished one there first, theirs is kept."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        fill(staging)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if not finished(folder):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     write_atomic(path, lambda handle: json.dump(data, handle, indent=2, default=str))
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from qco.compose import compose_pipeline
 from qco.errors import QcoError
 from qco.measure import (DeviceMemory, HostMemory, Phase, compile_settings, component_sizes_gb, measure_calls,
-                         output_media, stats)
+                         stats)
 from qco.oom import out_of_memory
 from qco.models.source import resolve_source
 from qco.plan import Plan, draft_plan
@@ -161,7 +161,7 @@ def quality(cfg, plan: Plan, kwargs: dict, images) -> dict:
     """PSNR and SSIM against the reference image. A failure to make the reference (say, it does not fit)
     is recorded and logged, and does not fail the run that was measured."""
     try:
-        return measure_quality(cfg, plan, kwargs, images, output_media)
+        return measure_quality(cfg, plan, kwargs, images)
     except Exception as error:  # noqa: BLE001 - the measurement stands without its quality
         log.warning("No quality figures: the reference image could not be made (%s: %s)", type(error).__name__, error)
         return {"error": f"{type(error).__name__}: {error}"[:500]}

@@ -4,9 +4,6 @@ so it can be loaded through from_pretrained exactly like a downloaded model. No 
 import contextlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +13,7 @@ import transformers
 from omegaconf import OmegaConf
 
 from qco.models.tokenizers import MAKERS
+from qco.report import write_folder_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,30 +79,26 @@ def build_pipeline(model, folder: Path) -> None:
     """Build every component, seeded in recipe order, and save the pipeline to `folder` atomically:
     it is written beside it under a temporary name and renamed only when complete."""
     recipe = model.build
-    dtype = getattr(torch, recipe.dtype)
     device = "cuda" if recipe.device == "auto" and torch.cuda.is_available() else "cpu"
     log.info("Building %s from its recipe with random weights on %s (%s)", model.name, device, recipe.dtype)
+    _build_and_save(model, folder, device)
+    if device == "cuda":  # the built weights are gone with _build_and_save's frame
+        torch.cuda.empty_cache()
+
+
+def _build_and_save(model, folder: Path, device: str) -> None:
+    recipe = model.build
+    dtype = getattr(torch, recipe.dtype)
     torch.manual_seed(recipe.seed)
     components = {name: build_component(name, spec, dtype, device) for name, spec in recipe.components.items()}
-    pipeline_cls = pipeline_class(model.pipeline)
-    pipeline = pipeline_cls(**components)
+    pipeline = pipeline_class(model.pipeline)(**components)
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    def save(staging: Path) -> None:
         pipeline.save_pretrained(staging, safe_serialization=True)
         recipe_dict = OmegaConf.to_container(recipe, resolve=True)
         files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
         (staging / BUILD_MARKER).write_text(json.dumps({"model": model.name, "recipe": recipe_dict, "files": files},
                                                        indent=1))
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            # another process finished the same build first: keep theirs
-            if not (folder / BUILD_MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    del pipeline, components
-    if device == "cuda":
-        torch.cuda.empty_cache()
+
+    # another process that finished the same build first keeps its copy
+    write_folder_atomic(folder, save, finished=lambda built: (built / BUILD_MARKER).is_file())
