@@ -72,6 +72,7 @@ def read_json(path: Path) -> Optional[dict]:
 class Comparison:
     def __init__(self, out: Path, args):
         self.out, self.args = out, args
+        self.configs: Dict[str, dict] = {}  # each row's composed config, composed once
 
     def overrides(self, name: str) -> List[str]:
         a = self.args
@@ -86,10 +87,13 @@ class Comparison:
 
         from qco.config import register_configs
 
-        register_configs()
-        GlobalHydra.instance().clear()
-        with initialize_config_module("qco.conf", version_base="1.3"):
-            return OmegaConf.to_container(compose("config", overrides=self.overrides(name)), resolve=True)
+        if name not in self.configs:
+            register_configs()
+            GlobalHydra.instance().clear()
+            with initialize_config_module("qco.conf", version_base="1.3"):
+                cfg = compose("config", overrides=self.overrides(name))
+            self.configs[name] = OmegaConf.to_container(cfg, resolve=True)
+        return self.configs[name]
 
     def source(self, cfg: dict) -> str:
         """The folder (or hub id) qco loads; the plain script loads the same."""
@@ -138,10 +142,6 @@ def _finished(record: Optional[dict]) -> bool:
     return bool(record) and record.get("status") in ("ok", "refused", "failed")
 
 
-def _median(samples: List[float]) -> float:
-    return statistics.median(samples)
-
-
 def summarize(name: str, qco: Optional[dict], plain: Optional[dict]) -> dict:
     row = {"row": name, "title": ROWS[name].title if name in ROWS else name,
            "qco_overrides": " ".join(ROWS[name].qco) if name in ROWS else "",
@@ -149,14 +149,14 @@ def summarize(name: str, qco: Optional[dict], plain: Optional[dict]) -> dict:
            "plain_status": plain.get("status") if plain else "missing"}
     if qco and qco.get("status") == "ok":
         t, m = qco["timings"], qco["memory"]
-        row["qco"] = {"latency_s": _median(t["latency_s"]["samples"]), "samples": t["latency_s"]["samples"],
+        row["qco"] = {"latency_s": statistics.median(t["latency_s"]["samples"]), "samples": t["latency_s"]["samples"],
                       "first_call_s": t["first_call_s"], "peak_allocated_gb": m["peak_allocated_gb"],
                       "peak_reserved_gb": m["peak_reserved_gb"], "host_peak_gb": m["host_peak_gb"],
                       "notes": qco.get("plan", {}).get("notes", [])}
     elif qco:
         row["qco_reason"] = qco.get("reason", "")
     if plain and plain.get("status") == "ok":
-        row["plain"] = {"latency_s": _median(plain["latency_samples_s"]), "samples": plain["latency_samples_s"],
+        row["plain"] = {"latency_s": statistics.median(plain["latency_samples_s"]), "samples": plain["latency_samples_s"],
                         "first_call_s": plain["first_call_s"], "peak_allocated_gb": plain["peak_allocated_gb"],
                         "peak_reserved_gb": plain["peak_reserved_gb"], "host_peak_gb": plain["host_peak_gb"]}
     elif plain:
