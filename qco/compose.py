@@ -11,7 +11,7 @@ import torch
 
 from qco.models.build import pipeline_class
 from qco.plan import PLACE_CALLS, CacheStep, CompileStep, LoadStep, Plan, PlaceStep, TuneStep
-from qco.quantization import bitsandbytes_on_cpu, quantization_config
+from qco.quantization import bitsandbytes_on_cpu, quantization_config, torchao_config
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,11 @@ def tune_pipeline(pipe, tune: TuneStep) -> None:
         module.fuse_qkv_projections()
     if tune.quantize_after_fusion:
         # torchao quantizes the fused weights; quantized at load they could not be concatenated
-        import torchao.quantization
-        from hydra.utils import instantiate
+        from torchao.quantization import quantize_
 
-        method = getattr(torchao.quantization, tune.quantize_after_fusion["method"])
-        kwargs = instantiate(tune.quantize_after_fusion["kwargs"], _convert_="all")
-        log.info("Quantizing %s after fusion: %s", tune.component, method.__name__)
-        torchao.quantization.quantize_(module, method(**kwargs), device=tune.device)
+        method = tune.quantize_after_fusion["method"]
+        log.info("Quantizing %s after fusion: %s", tune.component, method)
+        quantize_(module, torchao_config(method, tune.quantize_after_fusion["kwargs"]), device=tune.device)
     if tune.vae_channels_last:
         pipe.vae.to(memory_format=torch.channels_last)
     if tune.attention_backend:

@@ -15,20 +15,27 @@ def quantization_config(load: LoadStep):
     """None, or the PipelineQuantizationConfig that from_pretrained applies while loading."""
     if load.quant_backend is None or not load.quant_components:
         return None
-    kwargs = instantiate(load.quant_kwargs, _convert_="all")  # builds e.g. torchao's PerRow()
     if load.quant_backend == "torchao":
         # torchao's config classes take their own arguments, so they go through quant_mapping
-        import torchao.quantization
         from diffusers import TorchAoConfig
 
-        method = getattr(torchao.quantization, load.quant_method)
-        mapping = {name: TorchAoConfig(method(**kwargs)) for name in load.quant_components}
+        mapping = {name: TorchAoConfig(torchao_config(load.quant_method, load.quant_kwargs))
+                   for name in load.quant_components}
         return PipelineQuantizationConfig(quant_mapping=mapping)
+    kwargs = instantiate(load.quant_kwargs, _convert_="all")
     if isinstance(kwargs.get("bnb_4bit_compute_dtype"), str):  # "${run.dtype}" in the YAML
         kwargs["bnb_4bit_compute_dtype"] = getattr(torch, kwargs["bnb_4bit_compute_dtype"])
     return PipelineQuantizationConfig(
         quant_backend=load.quant_backend, quant_kwargs=kwargs, components_to_quantize=load.quant_components
     )
+
+
+def torchao_config(method: str, kwargs: dict):
+    """A torchao.quantization config (checked to be one by qco/validate.py), its arguments built by
+    Hydra (e.g. granularity: {_target_: torchao.quantization.PerRow})."""
+    import torchao.quantization
+
+    return getattr(torchao.quantization, method)(**instantiate(kwargs, _convert_="all"))
 
 
 class _BnB4BitOnCPU(BnB4BitDiffusersQuantizer):
