@@ -12,6 +12,7 @@ COMPILE_METHODS = (None, "full", "regional")
 OFFLOAD_METHODS = (None, "model", "sequential", "group")
 GROUP_OFFLOAD_TYPES = ("block_level", "leaf_level")
 QUANT_BACKENDS = (None, "bitsandbytes_4bit", "bitsandbytes_8bit", "torchao")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _valid_sizes_near(size: int, multiple: int, largest: int) -> str:
@@ -66,7 +67,32 @@ def check_values(cfg) -> List[str]:
     problems += _check_model_source(model)
     problems += _check_methods(cfg)
     problems += check_class_names(cfg)
+    problems += _check_compile_settings(cfg.compile)
     return problems
+
+
+def _check_compile_settings(compile_cfg) -> List[str]:
+    """compile.dynamo / compile.inductor are set on torch's config modules while the calls run; a name
+    torch does not have would otherwise end the run with a traceback after the model is loaded."""
+    from torch._dynamo import config as dynamo_config
+    from torch._inductor import config as inductor_config
+
+    problems = []
+    tables = (("dynamo", dynamo_config, "torch._dynamo.config"),
+              ("dynamo_with_offload", dynamo_config, "torch._dynamo.config"),
+              ("inductor", inductor_config, "torch._inductor.config"))
+    for key, module, shown in tables:
+        for name in compile_cfg[key] or {}:
+            if not hasattr(module, str(name)):
+                problems.append(f"compile.{key}.{name}: {shown} has no setting of that name (torch "
+                                f"{_torch_version()}); fix: check the spelling, or remove compile.{key}.{name}")
+    return problems
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def _check_frames(frames, model) -> List[str]:
@@ -154,6 +180,7 @@ def _check_methods(cfg) -> List[str]:
     problems = []
     checks = [
         ("compile.method", cfg.compile.method, COMPILE_METHODS),
+        ("compile.mode", cfg.compile.mode, COMPILE_MODES),
         ("offload.method", cfg.offload.method, OFFLOAD_METHODS),
         ("quant.backend", cfg.quant.backend, QUANT_BACKENDS),
     ]

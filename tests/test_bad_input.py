@@ -108,6 +108,11 @@ CASES = [
     _after_compose("09-offload=sequential-on-cpu", ["offload=sequential"], [["offload=sequential", "sequential"]]),
     _after_compose("10-quant=torchao_fp8-on-cpu", ["quant=torchao_fp8"], [["quant=torchao_fp8", "8.9"]]),
     _after_compose("11-run.device=cuda-without-gpu", ["run.device=cuda"], [["run.device=cuda"]]),
+    # torch's config modules are patched only after loading: a misspelt flag must stop the run before it
+    _after_compose("11b-compile.inductor.bogus+compile.mode=fast",
+                   ["compile=regional", "+compile.inductor.max_autotune_gem=true", "compile.mode=fast"],
+                   [["compile.mode=fast", "max-autotune-no-cudagraphs"],
+                    ["compile.inductor.max_autotune_gem", "torch._inductor.config", "spelling"]], lines=2),
     # --- more composition errors ---
     pytest.param(["run.nonexistent_key=1"], [["run.nonexistent_key"]], 1, id="12-run.nonexistent_key=1"),
     pytest.param(["quant="], [["quant=", "nf4"]], 1, id="13a-quant=(empty)"),
