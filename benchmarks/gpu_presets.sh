@@ -9,13 +9,19 @@ set -u
 out=${1:?usage: gpu_presets.sh OUT_DIR [ROW ...]}; shift
 declare -A rows=(
   [bf16]=""
+  [fastest]="experiment=fastest_flux"
+  [fastest_regional]="experiment=fastest_flux compile=regional"            # what max-autotune adds
+  [fastest_first_block]="experiment=fastest_flux cache=first_block"      # step caching, reported apart
+  [fastest_taylorseer]="experiment=fastest_flux cache=taylorseer"
+  [fastest_sdpa]="experiment=fastest_flux attention=default"             # what cuDNN attention adds
+  [fastest_bf16]="experiment=fastest_flux quant=none"                    # what fp8 adds
   [nf4]="quant=nf4"
   [leanest]="experiment=leanest_flux"
-  [fastest]="experiment=fastest_flux"
-  [fastest_first_block]="experiment=fastest_flux cache=first_block"
-  [fastest_sdpa]="experiment=fastest_flux attention=default"   # what cuDNN attention adds
+  [fastest_triton_gemm]="experiment=fastest_flux compile.inductor.max_autotune_gemm_backends='ATEN,TRITON'"
 )
-order=(bf16 nf4 leanest fastest fastest_first_block fastest_sdpa)
+# the fastest rows first, then the leanest beside nf4; the Triton template search last (the longest)
+order=(bf16 fastest fastest_regional fastest_first_block fastest_sdpa fastest_bf16 nf4 leanest
+       fastest_taylorseer fastest_triton_gemm)
 [ $# -gt 0 ] && order=("$@")
 mkdir -p "$out"
 for name in "${order[@]}"; do
