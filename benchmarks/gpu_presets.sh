@@ -12,11 +12,14 @@ declare -A rows=(
   [fastest]="experiment=fastest_flux"
   [fastest_regional]="experiment=fastest_flux compile=regional"            # what max-autotune adds
   [fastest_first_block]="experiment=fastest_flux cache=first_block"      # step caching, reported apart
+  [fastest_first_block_t02]="experiment=fastest_flux cache=first_block cache.kwargs.threshold=0.2"
   [fastest_taylorseer]="experiment=fastest_flux cache=taylorseer"
   [fastest_sdpa]="experiment=fastest_flux attention=default"             # what cuDNN attention adds
   [fastest_bf16]="experiment=fastest_flux quant=none"                    # what fp8 adds
   [nf4]="quant=nf4"
   [leanest]="experiment=leanest_flux"
+  [leanest_record_stream]="experiment=leanest_flux offload.record_stream=true"
+  [fastest_full_graph]="experiment=fastest_flux compile=max_autotune_flags +compile.inductor.max_autotune_gemm_backends=ATEN"
   [fastest_triton_gemm]="experiment=fastest_flux compile.inductor.max_autotune_gemm_backends='ATEN,TRITON'"
 )
 # the fastest rows first, then the leanest beside nf4; the Triton template search last (the longest)

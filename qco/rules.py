@@ -128,6 +128,13 @@ RULES: List[Rule] = [
          when=lambda p: p.place.method == "group" and p.place.kwargs["use_stream"] and not p.target.is_cuda,
          reason="group offload with use_stream=true overlaps copies on a CUDA stream; there is none on a CPU",
          fix="offload.use_stream=null (on where there is CUDA) or offload.use_stream=false"),
+    Rule("record_stream_needs_stream",
+         when=lambda p: p.place.method == "group" and p.place.kwargs.get("record_stream")
+         and (p.place.kwargs["use_stream"] is False or (p.place.kwargs["use_stream"] is None and not p.target.is_cuda)),
+         reason="record_stream marks the tensors copied on the prefetch stream, so there must be one "
+                "(diffusers: ValueError: `record_stream` cannot be True when `use_stream=False`); "
+                "streams are off here (offload.use_stream=false, or no CUDA)",
+         fix="offload.record_stream=false, or on a CUDA GPU offload.use_stream=null"),
     Rule("bitsandbytes_4bit_compile_on_cpu",
          when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and _compiling(p) and not p.target.is_cuda
          and p.compile.kwargs.get("mode") != "max-autotune",

@@ -55,6 +55,9 @@ def test_group_offload_streams_follow_the_device(make_cfg):
     (CPU, ["quant=torchao_fp8"], "fp8_needs_sm89"),
     (CPU, ["offload=sequential"], "sequential_needs_accelerator"),
     (H200, ["model=tiny_sd3", "compile=regional"], "regional_needs_repeated_blocks"),
+    (CPU, ["offload=group_leaf", "offload.record_stream=true"], "record_stream_needs_stream"),
+    (H200, ["offload=group_leaf", "offload.use_stream=false", "offload.record_stream=true"],
+     "record_stream_needs_stream"),
 ])
 def test_refusals(target, overrides, rule, make_cfg):
     with pytest.raises(QcoError, match=rule) as error:
@@ -67,6 +70,7 @@ def test_refusals(target, overrides, rule, make_cfg):
     (H200, ["quant=int8", "offload=sequential"]),
     (H200, ["quant=nf4", "offload=model"]),
     (H200, ["quant=torchao_fp8", "compile=max_autotune"]),
+    (H200, ["offload=group_leaf", "offload.record_stream=true"]),  # streams come on with CUDA
 ])
 def test_runs_that_are_not_refused(target, overrides, make_cfg):
     pytest.importorskip("torchao")
