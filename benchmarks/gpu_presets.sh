@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The fastest and the leanest FLUX.1-dev presets beside bf16 eager and nf4, in one run on one GPU,
+# with what each part of the fastest adds (compile mode, cuDNN, fp8) and the step caches apart,
 # each in its own process, 1024x1024, 28 steps, 1 warm-up + 3 timed calls, with image quality against
 # the reference made with nothing applied (the bf16 row, which runs first and fills the cache).
 # Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_presets.sh OUT_DIR [ROW ...]
@@ -22,9 +23,10 @@ declare -A rows=(
   [fastest_full_graph]="experiment=fastest_flux compile=max_autotune_flags +compile.inductor.max_autotune_gemm_backends=ATEN"
   [fastest_triton_gemm]="experiment=fastest_flux compile.inductor.max_autotune_gemm_backends='ATEN,TRITON'"
 )
-# the fastest rows first, then the leanest beside nf4; the Triton template search last (the longest)
-order=(bf16 fastest fastest_regional fastest_first_block fastest_sdpa fastest_bf16 nf4 leanest
-       fastest_taylorseer fastest_triton_gemm)
+# the fastest rows first (each compiles for minutes; later ones reuse torch's inductor cache), then
+# the leanest beside nf4; the whole-graph compile and the Triton template search last (the longest)
+order=(bf16 fastest fastest_regional fastest_sdpa fastest_bf16 fastest_first_block fastest_first_block_t02
+       fastest_taylorseer nf4 leanest leanest_record_stream fastest_full_graph fastest_triton_gemm)
 [ $# -gt 0 ] && order=("$@")
 mkdir -p "$out"
 for name in "${order[@]}"; do

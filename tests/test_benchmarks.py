@@ -84,3 +84,37 @@ def test_on_a_fresh_machine_qco_builds_the_model_before_the_plain_side_loads_it(
     plain = json.loads((resumed / "plain" / "nf4.json").read_text())
     assert "is neither a valid local path" not in plain.get("reason", "")  # it found the model qco built
     assert any(fresh_cache.iterdir())
+
+
+def _preset_rows():
+    """The rows of benchmarks/gpu_presets.sh as bash passes them to qco: split on white space, quotes
+    kept (bash does not remove quotes from an unquoted expansion, so Hydra reads 'A,B' as one string)."""
+    import re
+
+    script = (REPO / "benchmarks" / "gpu_presets.sh").read_text()
+    rows = dict(re.findall(r'^\s*\[(\w+)\]="([^"]*)"', script, flags=re.M))
+    order = re.search(r"^order=\(([^)]*)\)", script, flags=re.M).group(1).split()
+    return rows, order
+
+
+def test_presets_script_rows_compose_and_pass_the_rules_for_an_h200(make_cfg):
+    """Each row of the GPU presets script is a valid qco command for the card it is meant for: its
+    overrides compose, pass qco's checks and are not refused on an H200 (a bad row costs device time)."""
+    pytest.importorskip("torchao")
+    from qco.plan import draft_plan
+    from qco.rules import apply_rules
+    from qco.target import Target
+    from qco.validate import check_values
+
+    rows, order = _preset_rows()
+    assert sorted(order) == sorted(rows), "every row runs by default, and only rows that exist"
+    h200 = Target("cuda:0", (9, 0), "NVIDIA H200")
+    for name in order:
+        overrides = [*rows[name].split(), "model=flux_dev_random", "run.device=cuda"]
+        cfg = make_cfg(*overrides)
+        assert check_values(cfg) == [], name
+        plan = apply_rules(draft_plan(cfg, h200), name)
+        if name == "fastest_triton_gemm":
+            assert plan.compile.inductor["max_autotune_gemm_backends"] == "ATEN,TRITON"
+        if name == "fastest_bf16":
+            assert not plan.load.quant_backend and not plan.tune.quantize_after_fusion
