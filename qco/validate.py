@@ -74,6 +74,7 @@ def check_values(cfg) -> List[str]:
 def _check_compile_settings(compile_cfg) -> List[str]:
     """compile.dynamo / compile.inductor are set on torch's config modules while the calls run; a name
     torch does not have would otherwise end the run with a traceback after the model is loaded."""
+    import torch
     from torch._dynamo import config as dynamo_config
     from torch._inductor import config as inductor_config
 
@@ -85,14 +86,8 @@ def _check_compile_settings(compile_cfg) -> List[str]:
         for name in compile_cfg[key] or {}:
             if not hasattr(module, str(name)):
                 problems.append(f"compile.{key}.{name}: {shown} has no setting of that name (torch "
-                                f"{_torch_version()}); fix: check the spelling, or remove compile.{key}.{name}")
+                                f"{torch.__version__}); fix: check the spelling, or remove compile.{key}.{name}")
     return problems
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def _check_frames(frames, model) -> List[str]:

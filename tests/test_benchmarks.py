@@ -1,6 +1,7 @@
 """benchmarks/compare.py for real on the tiny model on CPU: qco and the hand-written diffusers script
 each run in their own process, the ratios come from their own measurements, a row that fails on one
-side says why, and a second run reads against the first."""
+side says why, and a second run reads against the first. And every row of gpu_presets.sh is a command
+qco accepts for the card it is meant for."""
 
 import json
 import shutil
