@@ -54,9 +54,16 @@ def _recompile_limit(plan: Plan) -> str:
     return f"compile.dynamo += {plan.compile.dynamo_with_offload}"
 
 
+def _streams_on(plan: Plan) -> bool:
+    """Whether group offload prefetches on a stream: as set, or where null, as streams_where_cuda sets it
+    (refusals are judged before adjustments, so they ask this rather than read the null)."""
+    use_stream = plan.place.kwargs["use_stream"]
+    return plan.target.is_cuda if use_stream is None else bool(use_stream)
+
+
 def _stream_where_cuda(plan: Plan) -> str:
-    plan.place.kwargs["use_stream"] = plan.target.is_cuda
-    return f"offload.use_stream: null -> {str(plan.target.is_cuda).lower()}"
+    plan.place.kwargs["use_stream"] = _streams_on(plan)
+    return f"offload.use_stream: null -> {str(plan.place.kwargs['use_stream']).lower()}"
 
 
 def _bitsandbytes_cpu_load(plan: Plan) -> str:
@@ -129,8 +136,7 @@ RULES: List[Rule] = [
          reason="group offload with use_stream=true overlaps copies on a CUDA stream; there is none on a CPU",
          fix="offload.use_stream=null (on where there is CUDA) or offload.use_stream=false"),
     Rule("record_stream_needs_stream",
-         when=lambda p: p.place.method == "group" and p.place.kwargs.get("record_stream")
-         and (p.place.kwargs["use_stream"] is False or (p.place.kwargs["use_stream"] is None and not p.target.is_cuda)),
+         when=lambda p: p.place.method == "group" and p.place.kwargs["record_stream"] and not _streams_on(p),
          reason="record_stream marks the tensors copied on the prefetch stream, so there must be one "
                 "(diffusers: ValueError: `record_stream` cannot be True when `use_stream=False`); "
                 "streams are off here (offload.use_stream=false, or no CUDA)",
