@@ -183,14 +183,22 @@ def test_ctrl_c_leaves_results_whole_and_a_rerun_completes_the_sweep(tmp_path, m
     args = [sys.executable, "-m", "qco", "-m", "quant=none,int8", "run.repeats=3000", "run.device=cpu"]
     env = {**os.environ, "QCO_MODEL_CACHE": str(models_cache), "HF_HUB_OFFLINE": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
+    # SIGINT as a terminal leaves it: a runner started in the background (nohup, `cmd &`) hands its
+    # children SIGINT ignored, and Ctrl-C could then not be tested
     process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = tmp_path / "outputs"
-    deadline = time.time() + 120
-    while time.time() < deadline and not any("measure" in p.read_text() for p in log.rglob("job.log")):
-        time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the sweep and its running job
-    _, stderr = process.communicate(timeout=120)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not any("measure" in p.read_text() for p in log.rglob("job.log")):
+            time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the sweep and its running job
+        _, stderr = process.communicate(timeout=120)
+    finally:  # a sweep that did not stop must not run on through the rest of the suite
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     assert process.returncode == 130 and "Traceback" not in stderr
     assert "qco: error: interrupted" in stderr
     (interrupted,) = list(log.rglob("results.json"))
