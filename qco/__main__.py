@@ -10,6 +10,7 @@ from hydra.types import RunMode
 
 from qco.config import register_configs
 from qco.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, QcoError
+from qco.safety import check_command_line
 from qco.user_errors import one_line
 
 # Set when the user asked for tracebacks; read once, before main() sets the variable itself.
@@ -22,7 +23,10 @@ def exit_with(lines, code: int = EXIT_USER_ERROR) -> None:
     sys.exit(code)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://qco.conf", config_name="config")
+CONFIG_PATH, CONFIG_NAME = "pkg://qco.conf", "config"
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def app(cfg):
     hydra_cfg = HydraConfig.get()
     run_dir, overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
@@ -44,15 +48,13 @@ def app(cfg):
 
 def main() -> None:
     register_configs()
-    from qco.safety import check_command_line
-
-    problems = check_command_line(sys.argv[1:], Path(__file__).parent / "conf")
-    if problems:  # before Hydra composes or instantiates anything
-        exit_with(problems)
     # Hydra prints a multi-line report for a bad override unless HYDRA_FULL_ERROR is set; setting
     # it lets the exception reach us and become one line. A user who set it gets the traceback.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        problems = check_command_line(sys.argv[1:], app.__wrapped__, CONFIG_PATH, CONFIG_NAME)
+        if problems:  # composed as Hydra will, and refused before Hydra builds anything
+            exit_with(problems)
         app()
     except KeyboardInterrupt:
         if WANTS_TRACEBACK:

@@ -15,8 +15,14 @@ WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOT
 
 
 def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
-    if isinstance(error, QcoError):
-        return error.lines
+    cause = error
+    while cause is not None:  # Hydra wraps what a config source raised (qco/safety/yaml_limits.py)
+        if isinstance(cause, QcoError):
+            return cause.lines
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(error, MissingConfigException) and "Primary config directory not found" in str(error):
+        return [f"--config-path: {_joined(error)}; fix: give an existing folder (a relative one is taken "
+                "relative to the qco package; prefer --config-dir DIR for your own configs)"]
     if isinstance(error, OSError) and error.filename and error.errno in WRITE_ERRORS:
         full = error.errno == errno.ENOSPC
         return [f"{error.filename}: cannot write there ({'the disk is full' if full else error.strerror}); "
@@ -49,10 +55,10 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
 
 def _unparsable(args: List[str]) -> Optional[str]:
     """The first command-line override that Hydra's own grammar rejects."""
+    from hydra._internal.utils import get_args_parser
+
     parser = OverridesParser.create()
-    for arg in args:
-        if arg.startswith("-"):
-            continue
+    for arg in get_args_parser().parse_known_args(args)[0].overrides:
         try:
             parser.parse_override(arg)
         except Exception:  # Hydra raises HydraException from its grammar's error listener

@@ -1,4 +1,10 @@
-"""Build a pipeline from a composed config the way a run does, and the checks tests make on it."""
+"""Build a pipeline from a composed config the way a run does, and the checks tests make on it;
+run the real command line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import bitsandbytes as bnb
 import numpy as np
@@ -73,3 +79,16 @@ def attach_offload_probe(pipe, offload):
         assert hooks, "no group offloading hook in the transformer"
         return count_calls(hooks[-1].group, "onload_")
     return None
+
+
+def qco_cli(args, cwd: Path, models: Path, timeout: float = 300, module: str = "qco", **env):
+    """`python -m qco ARGS` in a fresh interpreter, as a user types it (no HYDRA_FULL_ERROR, no hub)."""
+    environment = {**os.environ, "QCO_MODEL_CACHE": str(models), "HF_HUB_OFFLINE": "1", **env}
+    environment.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(result):
+    """The `qco: error:` lines of a command's stderr."""
+    return [line for line in result.stderr.splitlines() if line.startswith("qco: error:")]

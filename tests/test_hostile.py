@@ -1,5 +1,6 @@
-"""Hostile and unlucky inputs: configs that try to run code, models that ship code, damaged caches
-and results, unwritable outputs, running out of memory. Through the real CLI where it matters."""
+"""Hostile and unlucky inputs: models that ship code, damaged caches and results, unwritable outputs,
+running out of memory. Through the real CLI where it matters (configs that try to run code:
+tests/test_config_safety.py)."""
 
 import json
 import os
@@ -15,7 +16,6 @@ from qco.errors import EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR, QcoError
 from qco.models.build import BUILD_MARKER
 from qco.models.source import resolve_source
 from qco.run import run
-from qco.safety import scan_overrides
 from qco.validate import check_class_names
 
 PLANT = "qco_planted_side_effect"
@@ -30,45 +30,6 @@ def qco(args, cwd: Path, models: Path, timeout=300):
 
 def errors(result):
     return [line for line in result.stderr.splitlines() if line.startswith("qco: error:")]
-
-
-@pytest.mark.parametrize("relative,content,key", [
-    ("model/evil.yaml", "defaults: [tiny_flux, _self_]\nname: evil\nx:\n  _target_: os.system\n"
-     "  _args_: ['touch {plant}']\n", "x._target_=os.system"),
-    ("experiment/evil.yaml", "# @package _global_\nhydra:\n  callbacks:\n    evil:\n"
-     "      _target_: subprocess.getoutput\n      cmd: touch {plant}\n", "hydra.callbacks.evil._target_"),
-    ("hydra/job_logging/evil.yaml", "version: 1\nhandlers:\n  h:\n    '()': subprocess.getoutput\n"
-     "    cmd: touch {plant}\n", "handlers.h.()=subprocess.getoutput"),
-    ("hydra/job_logging/evil2.yaml", "version: 1\nhandlers:\n  h:\n    class: subprocess.Popen\n", "handlers.h.class"),
-])
-def test_config_files_cannot_name_arbitrary_code(relative, content, key, tmp_path, models_cache):
-    conf = tmp_path / "conf"
-    plant = tmp_path / PLANT
-    (conf / relative).parent.mkdir(parents=True)
-    (conf / relative).write_text(content.format(plant=plant))
-    # refused even when this command does not select the file that holds the target
-    result = qco(["--config-dir", str(conf), "run.dry_run=true"], tmp_path, models_cache)
-    assert result.returncode == EXIT_USER_ERROR, result.stderr[-2000:]
-    assert len(errors(result)) == 1 and key in errors(result)[0] and "not an allowed target" in errors(result)[0]
-    assert "Traceback" not in result.stderr
-    assert not plant.exists()
-
-
-def test_search_path_added_by_a_config_is_scanned_too(tmp_path, models_cache):
-    (tmp_path / "conf").mkdir()
-    (tmp_path / "more" / "quant").mkdir(parents=True)
-    (tmp_path / "conf" / "config.yaml").write_text(
-        f"defaults: [qco_schema]\nhydra:\n  searchpath: [file://{tmp_path / 'more'}]\n")
-    (tmp_path / "more" / "quant" / "evil.yaml").write_text("name: evil\nkwargs:\n  x: {_target_: os.system}\n")
-    result = qco(["--config-dir", str(tmp_path / "conf"), "run.dry_run=true"], tmp_path, models_cache)
-    assert result.returncode == EXIT_USER_ERROR and "kwargs.x._target_=os.system" in result.stderr
-
-
-def test_overrides_cannot_name_arbitrary_code():
-    assert scan_overrides(["+hydra.callbacks.x._target_=os.system"])
-    assert scan_overrides(["quant.kwargs.granularity._target_=builtins.eval"])
-    assert scan_overrides(["+quant.kwargs.g={_target_: os.system}"])
-    assert not scan_overrides(["quant.kwargs.granularity._target_=torchao.quantization.PerTensor", "quant=nf4"])
 
 
 @pytest.mark.parametrize("overrides,key", [

@@ -1,0 +1,29 @@
+"""A config cannot run code. Config files are shared like code, so before Hydra builds anything,
+qco composes the command's configs exactly as Hydra will (search path, defaults lists, overrides,
+the hydra node, every job of a sweep) and checks what they would have built (qco/safety/check.py)
+against a list of permitted objects (qco/safety/allowed.py). Files are read only when selected,
+and each is checked for size, encoding and alias bombs first (qco/safety/yaml_limits.py)."""
+
+from typing import Callable, List
+
+from qco.safety.check import check_composed, override_problems
+from qco.safety.compose import compose_command, config_loader, parsed_overrides
+from qco.safety.yaml_limits import check_config_files
+
+
+def check_command_line(argv: List[str], task_function: Callable, config_path: str, config_name: str) -> List[str]:
+    """Every problem of the command line, one line each; [] when Hydra may go ahead. Errors of
+    composition itself (an unknown option, a bad override) are raised as Hydra raises them."""
+    from hydra._internal.utils import get_args_parser
+
+    check_config_files()
+    args = get_args_parser().parse_args(argv)
+    if args.shell_completion:
+        return []
+    loader = config_loader(args, task_function, config_path)
+    sweep, jobs = compose_command(loader, args.config_name or config_name, list(args.overrides),
+                                  bool(args.multirun), show_only=bool(args.cfg or args.info or args.help))
+    problems = override_problems(parsed_overrides(loader, sweep)) if sweep is not None else []
+    for index, cfg in enumerate(jobs):
+        problems += [p for p in check_composed(cfg, sweep is not None, index) if p not in problems]
+    return problems

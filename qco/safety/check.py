@@ -1,0 +1,199 @@
+"""Check one config as Hydra composed it, hydra node included, before anything in it is built:
+every `_target_`, every logging factory and class, where log files and job folders go, and the
+few other keys through which a config could run code or write where it likes."""
+
+import copy
+import os
+from typing import Iterator, List, Optional, Tuple
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from qco.safety.allowed import (LOG_FACTORIES, LOG_FORMATTER_CLASSES, LOG_HANDLER_CLASSES, LOG_STREAMS, TARGETS,
+                                permitted)
+
+# hydra.job.env_set is applied to os.environ while the job runs, and a sweep job's process
+# inherits it: LD_PRELOAD, PYTHONPATH or PYTHONSTARTUP would run code. These are the ones a run
+# may need set.
+ENV_SET_ALLOWED = ("CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+                   "HF_HUB_OFFLINE", "TORCHINDUCTOR_CACHE_DIR")
+FIX = "fix: remove it, or use a packaged option"
+
+
+class _Unresolvable:
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _children(node) -> Iterator[Tuple[str, object]]:
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        try:
+            yield str(key), node[key]  # resolved: a resolver may build a dict that holds a _target_
+        except MissingMandatoryValue:
+            yield str(key), None
+        except Exception as error:  # noqa: BLE001 - an interpolation that fails is judged by its key
+            yield str(key), _Unresolvable(error)
+
+
+def walk(node, path: Tuple[str, ...] = (), depth: int = 0) -> Iterator[Tuple[Tuple[str, ...], object]]:
+    """(key path, resolved value) of every leaf."""
+    if depth > 64:  # an interpolation that points at its own parent
+        return
+    for key, child in _children(node):
+        if isinstance(child, (DictConfig, ListConfig)):
+            yield from walk(child, path + (key,), depth + 1)
+        else:
+            yield path + (key,), child
+
+
+def _target_problems(cfg) -> List[str]:
+    problems = []
+    for path, value in walk(cfg):
+        if path[-1] != "_target_" or path[:2] in (("hydra", "job_logging"), ("hydra", "hydra_logging")):
+            continue
+        why = (f"cannot be resolved ({value.error})" if isinstance(value, _Unresolvable)
+               else permitted(value, TARGETS))
+        if why:
+            problems.append(refusal(".".join(path), value, why, TARGETS))
+    return problems
+
+
+def refusal(key: str, value, why: str, allowed) -> str:
+    shown = value.error if isinstance(value, _Unresolvable) else value
+    if allowed is TARGETS:  # too many to print: say what they are
+        names = ("qco's sweep callback, the launchers and sweepers of Hydra and its plugins, Optuna's samplers and "
+                 "torchao's granularities (listed in qco/safety/allowed.py)")
+    else:
+        names = ", ".join(allowed)
+    return f"{key}={shown}: {why}; a config may name only {names}; {FIX}"
+
+
+def _inside(path: str, folder: str) -> bool:
+    folder = os.path.realpath(os.path.abspath(folder))
+    return os.path.realpath(os.path.abspath(path)).startswith(folder + os.sep)
+
+
+def _logging_problems(name: str, section, folder: str) -> List[str]:
+    """logging.config.dictConfig builds `()` factories, handler and formatter classes and `ext://`
+    objects, and a FileHandler writes where its filename says."""
+    if section is None:
+        return []
+    problems = []
+    for path, value in walk(section):
+        key = ".".join((name,) + path)
+        if isinstance(value, _Unresolvable):
+            problems.append(f"{key}: cannot be resolved before the run ({value.error}); {FIX}")
+        elif path[-1] == "()":
+            why = permitted(value, LOG_FACTORIES)
+            if why:
+                problems.append(refusal(key, value, why, LOG_FACTORIES))
+        elif isinstance(value, str) and value.startswith("ext://"):
+            why = permitted(value[len("ext://"):], LOG_STREAMS)
+            if why:
+                problems.append(refusal(key, value, why, [f"ext://{s}" for s in LOG_STREAMS]))
+        elif len(path) == 3 and path[0] == "handlers" and path[2] == "class":
+            why = permitted(value, LOG_HANDLER_CLASSES)
+            if why:
+                problems.append(refusal(key, value, why, LOG_HANDLER_CLASSES))
+        elif len(path) == 3 and path[0] == "formatters" and path[2] == "class":
+            why = permitted(value, LOG_FORMATTER_CLASSES)
+            if why:
+                problems.append(refusal(key, value, why, LOG_FORMATTER_CLASSES))
+        elif len(path) == 3 and path[0] == "handlers" and path[2] == "filename":
+            if not isinstance(value, str) or not _inside(value, folder):
+                problems.append(f"{key}={value}: a log file must lie inside the run's folder ({folder}); "
+                                "fix: write it under ${hydra.runtime.output_dir}")
+    return problems
+
+
+def _sweeper_and_launcher_problems(hydra, sweep_dir: Optional[str]) -> List[str]:
+    problems = []
+    sweeper, launcher = hydra.get("sweeper") or {}, hydra.get("launcher") or {}
+    if sweeper.get("custom_search_space") is not None:  # the Optuna sweeper calls it
+        problems.append(f"hydra.sweeper.custom_search_space={sweeper.get('custom_search_space')}: names a function "
+                        f"to call, and a config may not run code; {FIX}")
+    storage = sweeper.get("storage")
+    if storage is not None and not (isinstance(storage, str) and storage.startswith("sqlite:///") and sweep_dir
+                                    and _inside(storage[len("sqlite:///"):], sweep_dir)):
+        problems.append(f"hydra.sweeper.storage={storage}: an Optuna study may be stored only as sqlite:/// inside the "
+                        f"sweep folder ({sweep_dir}); fix: leave it null, or use "
+                        "sqlite:///${hydra.sweep.dir}/study.db")
+    if launcher.get("setup"):  # submitit writes these lines into the job script
+        problems.append(f"hydra.launcher.setup={list(launcher.get('setup'))}: shell commands for the job script, and "
+                        "a config may not run code; fix: set up the environment in your cluster's job profile instead")
+    return problems
+
+
+def _empty_folder_problems(hydra, multirun: bool) -> List[str]:
+    keys = ("sweep.dir",) if multirun else ("run.dir",)
+    return [f"hydra.{key}={OmegaConf.select(hydra, key)!r}: empty, so results would land in the current folder; "
+            f"fix: give it a folder, e.g. hydra.{key}=outputs/..." for key in keys
+            if not str(OmegaConf.select(hydra, key) or "").strip()]
+
+
+def _folder_problems(hydra, multirun: bool, output_dir: str) -> List[str]:
+    problems = []
+    if multirun and not _inside(output_dir, hydra.sweep.dir):
+        problems.append(f"hydra.sweep.subdir={hydra.sweep.subdir}: a job's folder must lie inside the sweep folder "
+                        f"({hydra.sweep.dir}); fix: a name without '..' or a leading '/'")
+    subdir = hydra.get("output_subdir")
+    if subdir is not None and not _inside(os.path.join(output_dir, str(subdir)), output_dir):
+        problems.append(f"hydra.output_subdir={subdir}: must lie inside the run's folder; fix: hydra.output_subdir=.hydra")
+    for name in (hydra.job.get("env_set") or {}):
+        if name not in ENV_SET_ALLOWED:
+            problems.append(f"hydra.job.env_set.{name}: a config may set only {', '.join(ENV_SET_ALLOWED)} for a job "
+                            f"(others, such as LD_PRELOAD or PYTHONPATH, can run code); fix: remove it, or set it in "
+                            "your shell")
+    return problems
+
+
+def output_dir_of(cfg, multirun: bool) -> str:
+    hydra = cfg.hydra
+    return os.path.join(str(hydra.sweep.dir), str(hydra.sweep.subdir)) if multirun else str(hydra.run.dir)
+
+
+def check_composed(cfg: DictConfig, multirun: bool, job_num: int = 0) -> List[str]:
+    """Every problem of one composed config (a run's, or one job of a sweep). The config is copied and
+    given the job's folder (hydra.runtime.output_dir) as Hydra's run_job will, so that log file names
+    resolve as they will at run time."""
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(cfg, False)
+    OmegaConf.set_struct(cfg, False)
+    if multirun:
+        cfg.hydra.job.num = job_num
+        cfg.hydra.job.id = cfg.hydra.job.id if cfg.hydra.job.get("id") not in (None, "???") else f"job_{job_num}"
+    empty = _empty_folder_problems(cfg.hydra, multirun)
+    if empty:
+        return empty
+    output_dir = output_dir_of(cfg, multirun)
+    cfg.hydra.runtime.output_dir = os.path.abspath(output_dir)
+    HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the values checked
+    log_folder = str(cfg.hydra.sweep.dir) if multirun else output_dir
+    return (_target_problems(cfg)
+            + _logging_problems("hydra.job_logging", cfg.hydra.get("job_logging"), output_dir)
+            + _logging_problems("hydra.hydra_logging", cfg.hydra.get("hydra_logging"), log_folder)
+            + _sweeper_and_launcher_problems(cfg.hydra, str(cfg.hydra.sweep.dir) if multirun else None)
+            + _folder_problems(cfg.hydra, multirun, output_dir))
+
+
+def override_problems(overrides) -> List[str]:
+    """The values an override gives, every value of a sweep included (composing a sweep's jobs uses one
+    value of each key that selects no option, so the others are checked here)."""
+    problems = []
+    for override in overrides:
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            continue  # an interval: numbers
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        base = tuple(override.key_or_group.split("."))
+        for value in values:
+            leaves = walk(OmegaConf.create({"v": value}).v, base) if isinstance(value, (dict, list)) \
+                else [(base, value)]
+            for path, leaf in leaves:
+                if path[-1] == "_target_":
+                    why = permitted(leaf, TARGETS)
+                    if why:
+                        problems.append(refusal(override.input_line.split("=")[0], leaf, why, TARGETS))
+    return problems
