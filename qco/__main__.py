@@ -46,6 +46,20 @@ def app(cfg):
         exit_with(error.lines, error.exit_code)
 
 
+def exit_if_nothing_ran() -> None:
+    """A sweep none of whose jobs could run is a failed command, though each row was recorded."""
+    from qco.sweep.callback import LAST_SWEEP
+
+    statuses = LAST_SWEEP.get("statuses")
+    if not statuses or any(status in ("ok", "planned") for status in statuses):
+        return
+    table = LAST_SWEEP["folder"] / "sweep.md"
+    if all(status == "refused" for status in statuses):
+        exit_with([f"every job of the sweep was refused ({len(statuses)}); the reasons: {table}; fix: change the "
+                   "combinations the rules refuse, as each reason says"])
+    exit_with([f"no job of the sweep finished ({', '.join(sorted(set(statuses)))}); the reasons: {table}"], 1)
+
+
 def main() -> None:
     register_configs()
     # Hydra prints a multi-line report for a bad override unless HYDRA_FULL_ERROR is set; setting
@@ -56,6 +70,7 @@ def main() -> None:
         if problems:  # composed as Hydra will, and refused before Hydra builds anything
             exit_with(problems)
         app()
+        exit_if_nothing_ran()
     except KeyboardInterrupt:
         if WANTS_TRACEBACK:
             raise

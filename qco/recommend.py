@@ -9,6 +9,7 @@ sweep has host memory only). Quality is each run's SSIM and PSNR against the ref
 same model, prompt and seed made with nothing applied (qco/reference.py)."""
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -50,6 +51,18 @@ def _describe(row: dict, key: str) -> str:
     return f"latency {row['latency_s']:.3f} s, {key} {row[key]:.2f} GB{quality}"
 
 
+def _bad_flags(args) -> List[str]:
+    """NaN passes every comparison as false, so a NaN budget or floor would filter silently."""
+    bad = []
+    if not (math.isfinite(args.memory_gb) and args.memory_gb > 0):
+        bad.append(f"--memory-gb {args.memory_gb}: must be a finite number above 0; fix: e.g. --memory-gb 12")
+    if args.min_ssim is not None and not (math.isfinite(args.min_ssim) and -1 <= args.min_ssim <= 1):
+        bad.append(f"--min-ssim {args.min_ssim}: SSIM is a number from -1 to 1; fix: e.g. --min-ssim 0.9")
+    if args.min_psnr is not None and not math.isfinite(args.min_psnr):
+        bad.append(f"--min-psnr {args.min_psnr}: must be a finite number of dB; fix: e.g. --min-psnr 25")
+    return bad
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qco.recommend", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
@@ -59,6 +72,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--min-ssim", type=float, default=None, help="e.g. 0.9 (1.0: identical to the reference)")
     parser.add_argument("--min-psnr", type=float, default=None, help="in dB, e.g. 25")
     args = parser.parse_args(argv)
+    bad = _bad_flags(args)
+    if bad:
+        for line in bad:
+            print(f"qco.recommend: {line}", file=sys.stderr)
+        return 2
     if not args.sweep_dir.is_dir():
         print(f"qco.recommend: {args.sweep_dir} is not a folder; fix: give a sweep folder "
               "(outputs/sweeps/<name>) or any folder of run folders", file=sys.stderr)

@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -10,13 +11,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
-
 PACKAGES = ("qco", "torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "torchao",
             "hydra-core", "omegaconf", "triton", "safetensors")
 
 
 def environment(device: str) -> dict:
+    import torch  # here, not above: writing a refused run's record needs no torch
+
     versions = {}
     for package in PACKAGES:
         try:
@@ -111,12 +112,28 @@ def save_video_atomic(frames, path: Path, fps: int) -> None:
 RERUN_CONFIG = "rerun"
 
 
+def _escape_interpolation(text: str) -> str:
+    """A resolved string that holds `${` (a prompt, say) must stay literal when rerun.yaml is read back:
+    OmegaConf reads `\${` as a literal `${`, and 2k backslashes before it as k literal ones."""
+    return re.sub(r"(\\*)\$\{", lambda m: "\\" * (2 * len(m.group(1))) + "\\${", text)
+
+
+def _literal(value):
+    if isinstance(value, str):
+        return _escape_interpolation(value)
+    if isinstance(value, dict):
+        return {key: _literal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_literal(item) for item in value]
+    return value
+
+
 def write_rerun_config(run_dir: Path, cfg) -> None:
     """rerun.yaml: the run's resolved config on qco's schema, so that
     `python -m qco --config-dir RUN_DIR --config-name rerun` runs it again as it was resolved."""
     from omegaconf import OmegaConf
 
-    resolved = OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
+    resolved = OmegaConf.to_yaml(OmegaConf.create(_literal(OmegaConf.to_container(cfg, resolve=True))))
     header = (f"# python -m qco --config-dir {run_dir} --config-name {RERUN_CONFIG}\n"
               "# This run's config, resolved; overrides on that command line still apply.\n"
               "defaults:\n  - qco_schema\n  - _self_\n"

@@ -23,6 +23,7 @@ class Rule:
     reason: str
     adjust: Optional[Callable[[Plan], str]] = None  # returns what it changed; None: refuse
     fix: str = ""  # for a refusal: what the user can run instead
+    detail: Optional[Callable[[Plan], str]] = None  # for a refusal: what in this plan it is about
 
 
 def _bitsandbytes(plan: Plan) -> bool:
@@ -37,11 +38,10 @@ def _compiling(plan: Plan) -> bool:
     return plan.compile.method is not None
 
 
-def _drop_missing_quant_components(plan: Plan) -> str:
-    kept = [c for c in plan.load.quant_components if c in plan.components]
-    dropped = [c for c in plan.load.quant_components if c not in plan.components]
-    plan.load.quant_components = kept
-    return f"quant.components: {dropped} left out, {kept} quantized"
+def _missing_quant_components(plan: Plan) -> str:
+    missing = [c for c in plan.load.quant_components if c not in plan.components]
+    return f"quant.components={list(plan.load.quant_components)}: the model has no {', '.join(missing)}; " \
+           f"its components: {', '.join(sorted(plan.components))}"
 
 
 def _fullgraph_off(plan: Plan) -> str:
@@ -123,6 +123,13 @@ RULES: List[Rule] = [
          when=lambda p: p.load.quant_backend == "torchao" and importlib.util.find_spec("torchao") is None,
          reason="quant.backend=torchao needs the torchao package, which is not installed",
          fix="pip install torchao (a release built for your torch), or choose quant=nf4 / int8"),
+    Rule("quantize_only_existing_components",
+         when=lambda p: bool(p.load.quant_components) and p.components is not None
+         and not set(p.load.quant_components) <= p.components,
+         detail=_missing_quant_components,
+         reason="a component the model does not have cannot be quantized, and leaving it out would measure a "
+                "less quantized model under the quantization's name",
+         fix="name only the model's components, e.g. quant.components=[transformer]"),
     Rule("fp8_needs_sm89", when=_fp8_unsupported,
          reason="float8 matmuls need a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)",
          fix="run it on such a GPU, or choose quant=torchao_int8wo / nf4"),
@@ -203,12 +210,6 @@ RULES: List[Rule] = [
          adjust=_vae_channels_last_off,
          reason="a video VAE's convolutions are 3-D, with 5-D weights, and channels_last is a layout of 4-D "
                 "tensors (RuntimeError: required rank 4 tensor to use channels_last format; AutoencoderKLWan)"),
-    Rule("quantize_only_existing_components",
-         when=lambda p: bool(p.load.quant_components) and p.components is not None
-         and not set(p.load.quant_components) <= p.components,
-         adjust=_drop_missing_quant_components,
-         reason="quantize the listed components where the model has them (the seed: transformer and "
-                "text_encoder_2 where the model has it)"),
     Rule("streams_where_cuda",
          when=lambda p: p.place.method == "group" and p.place.kwargs["use_stream"] is None,
          adjust=_stream_where_cuda,
@@ -241,8 +242,8 @@ RULES: List[Rule] = [
 def apply_rules(plan: Plan, combination: str) -> Plan:
     """Refuse what cannot run (all reasons at once), then adjust what must change, in table order.
     `combination` names the choices as the user wrote them, for the refusal lines."""
-    refusals = [f"{rule.name}: {rule.reason}; fix: {rule.fix}" for rule in RULES
-                if rule.adjust is None and rule.when(plan)]
+    refusals = [f"{rule.name}: {rule.detail(plan) + ': ' if rule.detail else ''}{rule.reason}; fix: {rule.fix}"
+                for rule in RULES if rule.adjust is None and rule.when(plan)]
     if refusals:
         raise QcoError([f"refused before loading ({combination} on {plan.target.device}): {line}"
                         for line in refusals])

@@ -1,5 +1,6 @@
 """One run, start to end: check -> plan -> compose -> measure -> write. __main__ calls it with the
-composed config; tests call it directly."""
+composed config; tests call it directly. This module imports no torch: a value error is reported
+before the libraries load (qco/execute.py does the rest)."""
 
 import logging
 import os
@@ -7,28 +8,13 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import torch
 from omegaconf import OmegaConf
 
-from qco.compose import compose_pipeline
 from qco.errors import QcoError
-from qco.measure import (DeviceMemory, HostMemory, Phase, compile_settings, component_sizes_gb, measure_calls,
-                         stats)
-from qco.oom import out_of_memory
-from qco.models.source import resolve_source
-from qco.plan import Plan, draft_plan
-from qco.reference import measure_quality
-from qco.report import (environment, save_image_atomic, save_video_atomic, summary_table, write_json_atomic,
-                        write_rerun_config)
-from qco.rules import apply_rules
-from qco.sweep.aggregate import run_setting
-from qco.target import resolve_target
+from qco.report import summary_table, write_json_atomic, write_rerun_config
 from qco.validate import check_values
 
 log = logging.getLogger(__name__)
-
-PACKAGED_CONF = Path(__file__).parent / "conf"
-
 
 def combination(cfg) -> str:
     """The choices of every group, the last three only where something is chosen."""
@@ -48,26 +34,36 @@ def call_kwargs(run) -> dict:
     return {**kwargs, "num_frames": run.frames, "num_videos_per_prompt": run.batch}
 
 
-def check_and_plan(cfg) -> Plan:
-    """Everything that can be known before any weights load: bad values, refusals, adjustments."""
-    problems = check_values(cfg)
-    if problems:
-        raise QcoError(problems)
-    target = resolve_target(cfg.run.device)
-    return apply_rules(draft_plan(cfg, target), combination(cfg))
+def new_record(cfg, overrides: Optional[List[str]]) -> dict:
+    """What results.json holds from the start: the combination, its overrides and resolved config."""
+    return {"status": "running", "combination": combination(cfg), "overrides": list(overrides or []),
+            "config": OmegaConf.to_container(cfg, resolve=True), "started_at": time.time(), "pid": os.getpid()}
+
+
+def record_refusal(cfg, run_dir: Path, overrides: List[str], error: QcoError) -> dict:
+    """The record of a run refused before it started, as run() would have written it."""
+    record = {**new_record(cfg, overrides), "status": error.status, "reason": str(error), "finished_at": time.time()}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_rerun_config(run_dir, cfg)
+    write_json_atomic(run_dir / "results.json", record)
+    return record
 
 
 def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[dict]:
     """Run one combination and write results.json and the images into run_dir. A refused or failed
     run still writes results.json, with its status and reason, then raises."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"status": "running", "combination": combination(cfg), "overrides": list(overrides or []),
-              "config": OmegaConf.to_container(cfg, resolve=True), "started_at": time.time(), "pid": os.getpid()}
+    record = new_record(cfg, overrides)
     try:
         # recorded as running first: a process that dies without Python's cleanup (a native crash, a
         # kill -9) leaves this record, not nothing; the finally below replaces it
         write_json_atomic(run_dir / "results.json", record)
         write_rerun_config(run_dir, cfg)
+        problems = check_values(cfg)
+        if problems:  # before torch loads: quick, and with no library's warnings in front
+            raise QcoError(problems)
+        from qco.execute import check_and_plan, measure_run, resolve_source
+
         plan = check_and_plan(cfg)
         record["plan"] = plan.as_dict()
         for line in plan.describe():
@@ -95,101 +91,3 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
         if record["status"] == "ok":
             print(summary_table(record))
             print(f"results: {run_dir / 'results.json'}")
-
-
-def measure_run(cfg, plan: Plan, run_dir: Path) -> dict:
-    host, device, phase = HostMemory(), DeviceMemory(plan.target.device), Phase("load and placement")
-    host.reset()
-    device.reset()
-    device.limit(cfg.run.memory_limit_gb)
-    try:
-        return _measure(cfg, plan, run_dir, host, device, phase)
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
-        # torch's CPU allocator raises a RuntimeError ("DefaultCPUAllocator: can't allocate memory")
-        if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError) \
-                and "can't allocate memory" not in str(error):
-            raise
-        setting = run_setting({"config": OmegaConf.to_container(cfg, resolve=True)})
-        raise out_of_memory(error, phase.now, device, host, run_dir, setting) from error
-
-
-def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
-    try:
-        pipe, seconds = compose_pipeline(plan)
-    except (OSError, ValueError) as error:
-        refusal = _load_refusal(cfg.model, error)
-        if refusal is None:
-            raise
-        raise refusal from error
-    load_memory = device.peaks_gb()
-    sizes = component_sizes_gb(pipe)
-
-    run = cfg.run
-    kwargs = call_kwargs(run)
-    device.reset()
-    with compile_settings(plan.compile.dynamo, plan.compile.inductor):
-        measured = measure_calls(pipe, kwargs, run.seed, plan.target.device, run.warmup, run.repeats,
-                                 run.steps, phase)
-    memory = {**device.peaks_gb(), "load_peak_allocated_gb": load_memory["peak_allocated_gb"],
-              "load_peak_reserved_gb": load_memory["peak_reserved_gb"], "host_peak_gb": host.peak_gb(),
-              "components_gb": sizes}
-    del pipe  # measured: its memory is free for the reference, if one must be made
-    images, videos = [], []
-    for index, image in enumerate(measured.images):  # of a video: its first frame, for tables and grids
-        save_image_atomic(image, run_dir / f"image_{index}.png")
-        images.append(f"image_{index}.png")
-    for index, frames in enumerate(measured.videos):
-        save_video_atomic(frames, run_dir / f"video_{index}.gif", cfg.model.video.fps)
-        videos.append(f"video_{index}.gif")
-    steps = [s for call in measured.step_s for s in call]
-    return {
-        "timings": {
-            **seconds,
-            "first_call_s": measured.first_call_s,
-            "latency_s": {**stats(measured.call_s), "samples": measured.call_s},
-            "step_s": {**stats(steps), "last_call": measured.step_s[-1]},
-        },
-        "memory": memory,
-        "environment": environment(plan.target.device),
-        "images": images,
-        "videos": videos,
-        "quality": quality(cfg, plan, kwargs, measured.images) if run.quality else None,
-    }
-
-
-def quality(cfg, plan: Plan, kwargs: dict, images) -> dict:
-    """PSNR and SSIM against the reference image. A failure to make the reference (say, it does not fit)
-    is recorded and logged, and does not fail the run that was measured."""
-    try:
-        return measure_quality(cfg, plan, kwargs, images)
-    except Exception as error:  # noqa: BLE001 - the measurement stands without its quality
-        log.warning("No quality figures: the reference image could not be made (%s: %s)", type(error).__name__, error)
-        return {"error": f"{type(error).__name__}: {error}"[:500]}
-
-
-def _load_refusal(model, error: Exception) -> Optional[QcoError]:
-    """The load errors a model folder or id can cause, as one line; None for anything else."""
-    text = str(error)
-    where = f"model.path={model.path}" if model.path else f"model.id={model.id}" if model.id else f"model={model.name}"
-    if "custom code" in text:
-        return QcoError(f"{where}: the model ships Python code that loading it would run, and "
-                        "model.trust_remote_code is false; fix: use a model without custom code, or read that code "
-                        "and set model.trust_remote_code=true")
-    if "safetensors" in text and ("Could not find" in text or "not found" in text or "no file" in text.lower()):
-        return QcoError(f"{where}: no safetensors weights; qco loads safetensors only (pickled weights can run "
-                        "code); fix: convert the weights (save_pretrained(..., safe_serialization=True))")
-    if isinstance(error, OSError) and model.id and not model.path:
-        return _unavailable(model, error)
-    return None
-
-
-def _unavailable(model, error: OSError) -> QcoError:
-    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-    random = f"{model.name}_random"  # the packaged option of the same architecture, where there is one
-    instead = (f", or use model={random} for the same architecture with random weights"
-               if (PACKAGED_CONF / "model" / f"{random}.yaml").is_file() else "")
-    return QcoError(
-        f"model.id={model.id}: not in the local Hugging Face cache and not downloadable here{offline} "
-        f"({type(error).__name__}); fix: download it where there is network (`hf download {model.id}`) and "
-        f"run with model.path=/path/to/that/copy{instead}"
-    )

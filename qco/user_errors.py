@@ -20,6 +20,11 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
         if isinstance(cause, QcoError):
             return cause.lines
         cause = cause.__cause__ or cause.__context__
+    if isinstance(error, ValueError) and "Config group override must be" in str(error):
+        nulls = [a for a in args if a.split("=", 1)[-1] in ("null", "~", "")] or ["a group=null"]
+        group = nulls[0].split("=")[0]
+        return [f"{nulls[0]}: a config group needs an option, and null is none; fix: choose one, e.g. {group}=none "
+                f"(`python -m qco --help` lists them), or leave {group} out for its default"]
     if isinstance(error, MissingConfigException) and "Primary config directory not found" in str(error):
         return [f"--config-path: {_joined(error)}; fix: give an existing folder (a relative one is taken "
                 "relative to the qco package; prefer --config-dir DIR for your own configs)"]

@@ -1,11 +1,16 @@
 """Checks of single values that Hydra's types cannot express. Every problem is collected, so one
-run reports them all, each on its own line: key=value, what is allowed, how to fix it."""
+run reports them all, each on its own line: key=value, what is allowed, how to fix it.
 
+check_values needs no library: it runs before torch is imported, so a mistake is answered at once.
+check_names looks names up in diffusers, transformers, torch and torchao."""
+
+import dataclasses
 import importlib.util
+import math
 from pathlib import Path
 from typing import List
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 DTYPES = ("bfloat16", "float16", "float32")
 COMPILE_METHODS = (None, "full", "regional")
@@ -23,10 +28,27 @@ def _valid_sizes_near(size: int, multiple: int, largest: int) -> str:
 OBJECTIVES = ("latency", "memory", "latency_under_budget")
 
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed
+# Every scheduler qco ships discretises 1000 training timesteps (num_train_timesteps); more steps than
+# that repeat timesteps or, for many schedulers, raise inside the pipeline.
+STEPS_MAX_DEFAULT = 1000
+
+
+def _not_a_number(key: str, value) -> List[str]:
+    if value is None or math.isfinite(value):
+        return []
+    return [f"{key}={value}: not a finite number; fix: give a number, e.g. {key}=4"]
+
+
 def check_sweep(cfg) -> List[str]:
     """What every job of a sweep shares: checked once, before any job runs."""
     problems = [f"{key}: required and not set; fix: add {key}=<value> to the command"
                 for key in sorted(OmegaConf.missing_keys(cfg))]
+    budget = cfg.sweep.memory_budget_gb
+    problems += _not_a_number("sweep.memory_budget_gb", budget)
+    if budget is not None and math.isfinite(budget) and budget <= 0:
+        problems.append(f"sweep.memory_budget_gb={budget}: must be above 0, or null for no budget; "
+                        "fix: e.g. sweep.memory_budget_gb=12")
     for name in cfg.sweep.objective:
         if name not in OBJECTIVES:
             problems.append(f"sweep.objective={list(cfg.sweep.objective)}: {name} is not an objective; "
@@ -37,13 +59,54 @@ def check_sweep(cfg) -> List[str]:
     return problems
 
 
-def check_values(cfg) -> List[str]:
+def unknown_keys(cfg) -> List[str]:
+    """Keys the schema does not have, added with `+key=` or `++key=` (which Hydra lets through): a typo
+    such as `++run.stpes=5` would otherwise run with the default steps."""
     problems = []
+
+    def visit(node, path: str) -> None:
+        schema = OmegaConf.get_type(node)
+        if not dataclasses.is_dataclass(schema):
+            return  # a free-form table: quant.kwargs, compile.inductor, model.build.components.*.config
+        fields = {field.name for field in dataclasses.fields(schema)}
+        for key in node.keys():
+            if key not in fields and not (path == "" and key == "hydra"):
+                near = [f for f in fields if f[:2] == str(key)[:2]] or sorted(fields)[:4]
+                problems.append(f"{path}{key}: no such key in {schema.__name__}; fix: check the spelling "
+                                f"(e.g. {', '.join(f'{path}{n}' for n in sorted(near))}; `python -m qco --cfg job` "
+                                "prints every key)")
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
+                visit(child, f"{path}{key}.")
+
+    visit(cfg, "")
+    return problems
+
+
+def _steps_max(model) -> int:
+    scheduler = (model.build.components.get("scheduler") if model.build else None)
+    configured = scheduler.config.get("num_train_timesteps") if scheduler is not None else None
+    return int(configured or STEPS_MAX_DEFAULT)
+
+
+def check_values(cfg) -> List[str]:
+    problems = unknown_keys(cfg)
     run, model = cfg.run, cfg.model
 
     for key in ("steps", "repeats", "batch"):
         if run[key] < 1:
             problems.append(f"run.{key}={run[key]}: must be at least 1; fix: run.{key}=1 or more")
+    if run.steps > _steps_max(model):
+        problems.append(f"run.steps={run.steps}: {model.name}'s scheduler has {_steps_max(model)} timesteps; "
+                        f"fix: run.steps={_steps_max(model)} or fewer (28-50 is usual)")
+    if not 0 <= run.seed <= SEED_MAX:
+        problems.append(f"run.seed={run.seed}: torch's generator takes 0 to {SEED_MAX}; fix: run.seed=0")
+    for key, value in (("paths.models", cfg.paths.models), ("paths.references", cfg.paths.references)):
+        if not str(value or "").strip():
+            variable = {"paths.models": "QCO_MODEL_CACHE", "paths.references": "QCO_REFERENCE_CACHE"}[key]
+            problems.append(f"{key}='': an empty folder, so files would be written into the current one (is "
+                            f"{variable} set to ''?); fix: unset {variable}, or give a folder: {key}=/data/qco")
     if run.warmup < 0:
         problems.append(f"run.warmup={run.warmup}: must be 0 or more; fix: run.warmup=1")
     for key in ("height", "width"):
@@ -55,8 +118,10 @@ def check_values(cfg) -> List[str]:
                 f"{_valid_sizes_near(size, model.size_multiple, model.max_size)}"
             )
     problems += _check_frames(run.frames, model)
-    if run.memory_limit_gb is not None and run.memory_limit_gb <= 0:
-        problems.append(f"run.memory_limit_gb={run.memory_limit_gb}: must be above 0, or null for no limit")
+    problems += _not_a_number("run.memory_limit_gb", run.memory_limit_gb) + _not_a_number("run.guidance", run.guidance)
+    if run.memory_limit_gb is not None and math.isfinite(run.memory_limit_gb) and run.memory_limit_gb <= 0:
+        problems.append(f"run.memory_limit_gb={run.memory_limit_gb}: must be above 0, or null for no limit; "
+                        "fix: e.g. run.memory_limit_gb=24")
     if run.guidance < 0:
         problems.append(f"run.guidance={run.guidance}: must be 0 or more; fix: run.guidance=0")
     if run.dtype not in DTYPES:
@@ -66,9 +131,12 @@ def check_values(cfg) -> List[str]:
 
     problems += _check_model_source(model)
     problems += _check_methods(cfg)
-    problems += check_class_names(cfg)
-    problems += _check_compile_settings(cfg.compile)
     return problems
+
+
+def check_names(cfg) -> List[str]:
+    """The names a config gives that only the libraries can judge (imports them)."""
+    return check_class_names(cfg) + _check_compile_settings(cfg.compile)
 
 
 def _check_compile_settings(compile_cfg) -> List[str]:

@@ -58,12 +58,13 @@ def report_lines(stderr: str):
     return kept
 
 
-def qco(args, cwd: Path, tmp: Path, full_error: bool = False, timeout: int = 180):
+def qco(args, cwd: Path, tmp: Path, full_error: bool = False, timeout: int = 180, extra_env=None):
     env = os.environ.copy()
     env.pop("HYDRA_FULL_ERROR", None)
     env["HF_HUB_OFFLINE"] = "1"
     env["QCO_MODEL_CACHE"] = str(tmp / "qco-models")
     env["HF_HOME"] = str(tmp / "hf-home")  # an empty Hugging Face cache: no hub model is available
+    env.update(extra_env or {})
     if full_error:
         env["HYDRA_FULL_ERROR"] = "1"
     return subprocess.run([sys.executable, "-m", "qco", *args], cwd=cwd, env=env, capture_output=True,
@@ -109,10 +110,27 @@ CASES = [
     _after_compose("10-quant=torchao_fp8-on-cpu", ["quant=torchao_fp8"], [["quant=torchao_fp8", "8.9"]]),
     _after_compose("11-run.device=cuda-without-gpu", ["run.device=cuda"], [["run.device=cuda"]]),
     # torch's config modules are patched only after loading: a misspelt flag must stop the run before it
-    _after_compose("11b-compile.inductor.bogus+compile.mode=fast",
-                   ["compile=regional", "+compile.inductor.max_autotune_gem=true", "compile.mode=fast"],
-                   [["compile.mode=fast", "max-autotune-no-cudagraphs"],
-                    ["compile.inductor.max_autotune_gem", "torch._inductor.config", "spelling"]], lines=2),
+    _after_compose("11b-compile.inductor.bogus", ["compile=regional", "+compile.inductor.max_autotune_gem=true"],
+                   [["compile.inductor.max_autotune_gem", "torch._inductor.config", "spelling"]]),
+    _after_compose("11c-compile.mode=fast", ["compile=regional", "compile.mode=fast"],
+                   [["compile.mode=fast", "max-autotune-no-cudagraphs"]]),
+    # --- silent wrongs: each ran before, measuring something other than what its label says ---
+    _after_compose("14-quant.components-typo", ["quant=nf4", "quant.components=[transfomer]"],
+                   [["quant.components=['transfomer']", "no transfomer", "fix:"]]),
+    _after_compose("15-run.guidance=nan", ["run.guidance=nan"], [["run.guidance=nan", "finite"]]),
+    _after_compose("16-run.guidance=inf", ["run.guidance=inf"], [["run.guidance=inf", "finite"]]),
+    _after_compose("17-run.memory_limit_gb=nan+-1", ["run.memory_limit_gb=nan"],
+                   [["run.memory_limit_gb=nan", "finite"]]),
+    _after_compose("18-run.memory_limit_gb=-1", ["run.memory_limit_gb=-1"], [["run.memory_limit_gb=-1.0", "above 0"]]),
+    _after_compose("19-++run.stpes=5", ["++run.stpes=5"], [["run.stpes", "no such key", "run.steps"]]),
+    _after_compose("20-+run.x+++quant.y", ["+run.x=1", "++quant.y=2"], [["run.x"], ["quant.y"]], lines=2),
+    _after_compose("21-run.seed=-1", ["run.seed=-1"], [["run.seed=-1", "18446744073709551615"]]),
+    _after_compose("22-run.seed=2**64", ["run.seed=18446744073709551616"], [["run.seed=18446744073709551616"]]),
+    _after_compose("23-run.steps=100000", ["run.steps=100000"], [["run.steps=100000", "1000"]]),
+    pytest.param(["hydra.run.dir=''"], [["hydra.run.dir=''", "empty"]], 1, id="24-hydra.run.dir=(empty)"),
+    pytest.param(["-m", "quant=none,int8", "hydra.sweep.dir=''"], [["hydra.sweep.dir=''", "empty"]], 1,
+                 id="25-hydra.sweep.dir=(empty)"),
+    pytest.param(["quant=null"], [["quant=null"]], 1, id="26-quant=null"),
     # --- more composition errors ---
     pytest.param(["run.nonexistent_key=1"], [["run.nonexistent_key"]], 1, id="12-run.nonexistent_key=1"),
     pytest.param(["quant="], [["quant=", "nf4"]], 1, id="13a-quant=(empty)"),
@@ -184,3 +202,31 @@ def test_bad_input_leaves_earlier_outputs_alone(tmp_path):
         record = json.loads((run_dir / "results.json").read_text())
         assert record["status"] == "refused", record
         assert "run.steps=0" in record["reason"], record
+
+
+@pytest.mark.parametrize("variable,key", [("QCO_MODEL_CACHE", "paths.models"),
+                                          ("QCO_REFERENCE_CACHE", "paths.references")])
+def test_an_empty_store_folder_is_refused(variable, key, tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = qco([], cwd, tmp_path, extra_env={variable: ""})
+    (line,), _ = check_one_line_errors(result)
+    assert f"{key}=''" in line and variable in line
+    assert not [p for p in cwd.iterdir() if p.name != "outputs"]  # nothing written into the current folder
+
+
+def test_value_errors_come_before_torch_is_imported(tmp_path):
+    """A mistake in a value is answered without loading torch, diffusers or transformers (a second,
+    not eight), so no library prints anything in front of the one line."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "QCO_MODEL_CACHE": str(tmp_path / "models")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "qco", "run.steps=0", "run.guidance=nan"],
+                            cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_USER_ERROR
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "qco.run" in imported and not {"torch", "diffusers", "transformers"} & imported
+    assert [line for line in result.stderr.splitlines() if not line.startswith("import time:")] == [
+        line for line in result.stderr.splitlines() if line.startswith("qco: error:")]
+    assert len([line for line in result.stderr.splitlines() if line.startswith("qco: error:")]) == 2

@@ -105,7 +105,7 @@ def test_presets_script_rows_compose_and_pass_the_rules_for_an_h200(make_cfg):
     from qco.plan import draft_plan
     from qco.rules import apply_rules
     from qco.target import Target
-    from qco.validate import check_values
+    from qco.validate import check_names, check_values
 
     rows, order = _preset_rows()
     assert sorted(order) == sorted(rows), "every row runs by default, and only rows that exist"
@@ -113,7 +113,7 @@ def test_presets_script_rows_compose_and_pass_the_rules_for_an_h200(make_cfg):
     for name in order:
         overrides = [*rows[name].split(), "model=flux_dev_random", "run.device=cuda"]
         cfg = make_cfg(*overrides)
-        assert check_values(cfg) == [], name
+        assert check_values(cfg) + check_names(cfg) == [], name
         plan = apply_rules(draft_plan(cfg, h200), name)
         if name == "fastest_triton_gemm":
             assert plan.compile.inductor["max_autotune_gemm_backends"] == "ATEN,TRITON"

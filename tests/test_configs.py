@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 
 from qco.plan import draft_plan
 from qco.target import Target
-from qco.validate import check_values
+from qco.safety.check import check_composed
+from qco.validate import check_names, check_values
 from tests.conftest import CONF
 
 GROUP_FILES = sorted(p.relative_to(CONF) for p in CONF.rglob("*.yaml") if p.parent != CONF)
@@ -20,12 +21,13 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("path", GROUP_FILES, ids=str)
 def test_option_composes_and_checks(path, make_cfg):
     group, option = "/".join(path.parts[:-1]), path.with_suffix("").name
-    cfg = make_cfg(f"{group}={option}", hydra=group.startswith("hydra/"))
+    cfg = make_cfg(f"{group}={option}", hydra=True)
     if group in ("model", "quant", "compile", "offload"):
         assert cfg[group].name == option  # the name recorded in results is the file's name
     if group.startswith("hydra/"):
         assert OmegaConf.select(cfg, group.replace("/", "."))._target_.startswith("hydra_plugins.")
-    assert check_values(cfg) == []
+    assert check_values(cfg) + check_names(cfg) == []
+    assert check_composed(cfg, multirun=False) == []  # nothing packaged is refused as unsafe
     plan = draft_plan(cfg, Target("cpu"))
     assert plan.describe()[0].startswith("load")
 

@@ -84,9 +84,9 @@ def test_video_vae_stays_as_it_is(make_cfg):
 
 
 def test_attention_backends_that_download_kernels_are_refused(make_cfg):
-    from qco.validate import check_values
+    from qco.validate import check_names
 
-    problems = check_values(make_cfg("attention.backend=flash_hub"))
+    problems = check_names(make_cfg("attention.backend=flash_hub"))
     assert len(problems) == 1 and "downloads its kernels" in problems[0] and "fix:" in problems[0]
 
 

@@ -168,6 +168,19 @@ def test_recommend_says_in_one_line_when_nothing_fits(quality_sweep):
     assert missing.returncode == 2 and "is not a folder" in missing.stderr
 
 
+@pytest.mark.parametrize("flags,needle", [
+    (["--memory-gb", "nan"], "--memory-gb nan"), (["--memory-gb", "-4"], "--memory-gb -4.0"),
+    (["--memory-gb", "inf"], "--memory-gb inf"),
+    (["--memory-gb", "12", "--min-ssim", "nan"], "--min-ssim nan"),
+    (["--memory-gb", "12", "--min-psnr=-inf"], "--min-psnr -inf"),
+])
+def test_recommend_refuses_budgets_and_floors_that_are_not_numbers(flags, needle, tmp_path):
+    """NaN compares false with everything: a NaN floor or budget would silently filter every row."""
+    result = _recommend(tmp_path, *flags)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and needle in lines[0] and "fix:" in lines[0]
+
+
 def test_a_damaged_reference_is_made_again(make_cfg, tmp_path):
     references = tmp_path / "references"
     first, _ = _run(make_cfg, tmp_path / "a", references, "quant=torchao_int8wo")

@@ -87,9 +87,11 @@ def test_quantized_components_follow_the_model(make_cfg):
     assert plan_for(make_cfg, CPU, "quant=nf4").load.quant_components == ["transformer", "text_encoder_2"]
     assert plan_for(make_cfg, CPU, "model=tiny_sd3", "quant=nf4").load.quant_components == [
         "transformer", "text_encoder_3"]
-    plan = plan_for(make_cfg, CPU, "quant=nf4", "quant.components=[transformer,text_encoder_3]")
-    assert plan.load.quant_components == ["transformer"]
-    assert any(note.startswith("quant.components: ['text_encoder_3'] left out") for note in plan.notes)
+    with pytest.raises(QcoError) as error:  # never an unquantized model measured under nf4's name
+        plan_for(make_cfg, CPU, "quant=nf4", "quant.components=[transformer,text_encoder_3]")
+    (line,) = error.value.lines
+    assert "quantize_only_existing_components: quant.components=['transformer', 'text_encoder_3']: the model " \
+           "has no text_encoder_3" in line and "fix: name only the model's components" in line
 
 
 def test_video_denoiser_compiles_without_channels_last(make_cfg):

@@ -132,7 +132,9 @@ def test_local_launcher_runs_jobs_side_by_side(tmp_path, models_cache):
 
 
 def test_run_reruns_from_its_own_directory(tmp_path, models_cache):
-    first = qco(["quant=int8", "run.repeats=1", "run.seed=7", "run.device=cpu"], tmp_path, models_cache)
+    # a prompt that holds OmegaConf's interpolation syntax, escaped on the command line, stays literal
+    prompt = r"run.prompt='a \${cat} on a \\\${mat}'"
+    first = qco(["quant=int8", "run.repeats=1", "run.seed=7", "run.device=cpu", prompt], tmp_path, models_cache)
     assert first.returncode == 0, first.stderr[-3000:]
     (run_dir,) = list((tmp_path / "outputs" / "runs").glob("*/*"))
     command = (run_dir / "rerun.yaml").read_text().splitlines()[0].lstrip("# ").split()
@@ -142,6 +144,7 @@ def test_run_reruns_from_its_own_directory(tmp_path, models_cache):
     (rerun_dir,) = [d for d in (tmp_path / "outputs" / "runs").glob("*/*") if d != run_dir]
     before, after = (json.loads((d / "results.json").read_text()) for d in (run_dir, rerun_dir))
     assert after["config"] == before["config"]
+    assert before["config"]["run"]["prompt"] == "a ${cat} on a \\${mat}"
     assert np.array_equal(np.asarray(Image.open(run_dir / "image_0.png")),
                           np.asarray(Image.open(rerun_dir / "image_0.png")))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 
-import qco.run
+import qco.execute
 from qco.errors import QcoError
 from qco.models.build import build_component, pipeline_class
 from qco.run import run
@@ -22,14 +22,14 @@ from tests.helpers import assert_quantized, assert_real_image, attach_offload_pr
 def composed(monkeypatch):
     """The pipeline qco.run.run composes, with an offload probe on it (the run itself is unchanged)."""
     seen = {}
-    compose = qco.run.compose_pipeline
+    compose = qco.execute.compose_pipeline
 
     def composing(plan):
         pipe, seconds = compose(plan)
         seen.update(pipe=pipe, plan=plan, calls=attach_offload_probe(pipe, plan.place.method or "none"))
         return pipe, seconds
 
-    monkeypatch.setattr(qco.run, "compose_pipeline", composing)
+    monkeypatch.setattr(qco.execute, "compose_pipeline", composing)
     return seen
 
 

@@ -6,9 +6,12 @@ and each is checked for size, encoding and alias bombs first (qco/safety/yaml_li
 
 from typing import Callable, List
 
+from omegaconf import OmegaConf
+
 from qco.safety.check import check_composed, override_problems
 from qco.safety.compose import compose_command, config_loader, parsed_overrides
 from qco.safety.yaml_limits import check_config_files
+from qco.validate import check_sweep
 
 
 def check_command_line(argv: List[str], task_function: Callable, config_path: str, config_name: str) -> List[str]:
@@ -26,4 +29,6 @@ def check_command_line(argv: List[str], task_function: Callable, config_path: st
     problems = override_problems(parsed_overrides(loader, sweep)) if sweep is not None else []
     for index, cfg in enumerate(jobs):
         problems += [p for p in check_composed(cfg, sweep is not None, index) if p not in problems]
+    if sweep is not None and jobs and not problems:  # what every job shares, before any job starts
+        problems += check_sweep(OmegaConf.masked_copy(jobs[0], [k for k in jobs[0] if k != "hydra"]))
     return problems

@@ -8,10 +8,16 @@ from hydra.experimental.callback import Callback
 log = logging.getLogger(__name__)
 
 
+# The statuses of the last sweep this process ran, for __main__'s exit code: Hydra turns an exception
+# raised in a callback into a warning, so the callback cannot fail the command itself.
+LAST_SWEEP = {}
+
+
 class AggregateSweep(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         from qco.sweep.aggregate import aggregate
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        aggregate(sweep_dir)
+        rows = aggregate(sweep_dir)
+        LAST_SWEEP.update(folder=sweep_dir, statuses=[row["status"] for row in rows])
         log.info("Rebuild these any time with: python -m qco.sweep.aggregate %s", sweep_dir)

@@ -1,10 +1,13 @@
 """A job of a multirun: skip it if already recorded, else run it isolated; return its objectives
 for a search sweeper (Optuna), which minimises what this returns."""
 
+import contextlib
+import fcntl
 import logging
 import math
+import os
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 from qco.errors import QcoError
 from qco.sweep.devices import gpu_lease
@@ -14,6 +17,7 @@ from qco.validate import check_sweep
 
 log = logging.getLogger(__name__)
 
+LOCK_FILE = ".qco-job.lock"
 FAILED = math.inf  # what a refused or failed combination scores: never on the front, never the best
 
 
@@ -21,18 +25,66 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
     problems = check_sweep(cfg)
     if problems:  # the same for every job: stop the sweep with one line rather than run it all
         raise QcoError(problems)
-    record = recorded(run_dir, cfg.sweep.retry_failed)
-    if record is not None:
-        log.info("Skipping %s: already recorded as %s (sweep.retry_failed=true reruns failed ones)",
-                 run_dir.name, record["status"])
-    else:
-        with gpu_lease() as device:
-            env = {} if device is None else {"CUDA_VISIBLE_DEVICES": device}  # the job's process only
-            if device is not None:
-                log.info("Job %s runs on GPU %s", run_dir.name, device)
-            record = run_isolated(cfg, run_dir, overrides, env)
+    with job_lock(run_dir):  # a second sweep on the same folder waits here, then finds the record
+        record = recorded(run_dir, cfg.sweep.retry_failed)
+        if record is not None:
+            log.info("Skipping %s: already recorded as %s (sweep.retry_failed=true reruns failed ones)",
+                     run_dir.name, record["status"])
+            return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gb)
+        record = refused_in_advance(cfg, run_dir, overrides)
+        if record is None:
+            with gpu_lease() as device:
+                env = {} if device is None else {"CUDA_VISIBLE_DEVICES": device}  # the job's process only
+                if device is not None:
+                    log.info("Job %s runs on GPU %s", run_dir.name, device)
+                record = run_isolated(cfg, run_dir, overrides, env)
         log.info("Job %s: %s %s", run_dir.name, record["status"], record.get("reason", ""))
     return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gb)
+
+
+def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[dict]:
+    """The refused record of a job that the value checks and the rules refuse on this machine, written
+    without starting its process; None where the job must run (or only its process can tell)."""
+    from qco.run import record_refusal
+    from qco.target import target_without_cuda
+    from qco.validate import check_values
+
+    problems = check_values(cfg)
+    try:
+        if problems:
+            raise QcoError(problems)
+        target = target_without_cuda(cfg.run.device)
+        if target is None:
+            return None
+        from qco.execute import check_and_plan  # torch and diffusers, once per launcher process
+
+        check_and_plan(cfg, target)
+    except QcoError as error:
+        return record_refusal(cfg, run_dir, overrides, error)
+    return None
+
+
+@contextlib.contextmanager
+def job_lock(run_dir: Path) -> Iterator[None]:
+    """Held while a job is looked up and measured, so that two sweeps started on one folder never
+    measure the same job at once: the second waits, says so, and then finds the first one's record.
+    An flock: the kernel releases it when its process dies, so a killed sweep leaves no stale lock."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            log.warning("Job %s is being measured by another sweep (process %s) in this folder: waiting for it, "
+                        "then using its result", run_dir.name, handle.read().strip() or "unknown")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def objectives(record: dict, names: List[str], budget_gb) -> Union[float, Tuple[float, ...]]:
