@@ -1,9 +1,13 @@
 """The one kind of error a user sees without a traceback: their config cannot run as written."""
 
+import errno
+
 
 EXIT_USER_ERROR = 2
 EXIT_OUT_OF_MEMORY = 3
 EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+# an OSError with one of these means "cannot write there": a user's folder, not a bug
+WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EEXIST, errno.EDQUOT)
 
 
 class QcoError(Exception):

@@ -3,6 +3,7 @@ reference. Imports torch and diffusers (qco/run.py imports this only after the v
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -58,7 +59,7 @@ def measure_run(cfg, plan: Plan, run_dir: Path) -> dict:
 def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
     try:
         pipe, seconds = compose_pipeline(plan)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError
         refusal = _load_refusal(cfg.model, error)
         if refusal is None:
             raise
@@ -120,8 +121,26 @@ def _load_refusal(model, error: Exception) -> Optional[QcoError]:
     if "safetensors" in text and ("Could not find" in text or "not found" in text or "no file" in text.lower()):
         return QcoError(f"{where}: no safetensors weights; qco loads safetensors only (pickled weights can run "
                         "code); fix: convert the weights (save_pretrained(..., safe_serialization=True))")
+    damaged = re.search(r"checkpoint file for '([^']+)'", text)
+    if damaged or type(error).__name__ == "SafetensorError":
+        file = damaged.group(1) if damaged else _unreadable_weights(model) or "a weights file"
+        return QcoError(f"{where}: {file} is damaged or cut short (safetensors cannot read it: "
+                        f"{type(error.__cause__ or error).__name__}); fix: copy or download that file again")
     if isinstance(error, OSError) and model.id and not model.path:
         return _unavailable(model, error)
+    return None
+
+
+def _unreadable_weights(model) -> Optional[str]:
+    """The first safetensors file of a local model whose header cannot be read (a cheap check)."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(model.path or ".").expanduser().rglob("*.safetensors")) if model.path else []:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001 - SafetensorError, OSError: either way unreadable
+            return str(path)
     return None
 
 

@@ -8,10 +8,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from qco.errors import QcoError
+from qco.errors import WRITE_ERRORS, QcoError
 
 SHOW_KEYS = "`python -m qco --cfg job` prints every key"
-WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EEXIST, errno.EDQUOT)
 
 
 def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
@@ -20,6 +19,9 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
         if isinstance(cause, QcoError):
             return cause.lines
         cause = cause.__cause__ or cause.__context__
+    if type(error).__name__ == "FailedJobError":  # submitit: sbatch refused the job script
+        return [f"hydra/launcher=slurm: SLURM refused the job ({_joined(error)[:300]}); fix: check "
+                "hydra.launcher.partition and the other hydra.launcher.* values against your cluster (sinfo)"]
     if isinstance(error, ValueError) and "Config group override must be" in str(error):
         nulls = [a for a in args if a.split("=", 1)[-1] in ("null", "~", "")] or ["a group=null"]
         group = nulls[0].split("=")[0]

@@ -12,6 +12,8 @@ from typing import List
 
 from omegaconf import DictConfig, OmegaConf
 
+from qco.models.index import read_model_index, unknown_classes
+
 DTYPES = ("bfloat16", "float16", "float32")
 COMPILE_METHODS = (None, "full", "regional")
 OFFLOAD_METHODS = (None, "model", "sequential", "group")
@@ -136,7 +138,16 @@ def check_values(cfg) -> List[str]:
 
 def check_names(cfg) -> List[str]:
     """The names a config gives that only the libraries can judge (imports them)."""
-    return check_class_names(cfg) + _check_compile_settings(cfg.compile)
+    return check_class_names(cfg) + _check_compile_settings(cfg.compile) + _check_model_index_classes(cfg.model)
+
+
+def _check_model_index_classes(model) -> List[str]:
+    if model.path is None or not (Path(model.path).expanduser() / "model_index.json").is_file():
+        return []
+    index, problem = read_model_index(Path(model.path).expanduser() / "model_index.json", f"model.path={model.path}")
+    return [f"model.path={model.path}: model_index.json names {library}.{cls} for {name}, and {library} has no such "
+            "class; fix: copy the model folder again, or install the library release it was saved with"
+            for name, library, cls in unknown_classes(index or {})] if not problem else []
 
 
 def _check_compile_settings(compile_cfg) -> List[str]:
@@ -232,7 +243,8 @@ def _check_model_source(model) -> List[str]:
         if not (folder / "model_index.json").is_file():
             return [f"model.path={model.path}: no model_index.json in that folder, so it is not a diffusers "
                     "pipeline folder; fix: point model.path at the folder that holds model_index.json"]
-        return []
+        _, problem = read_model_index(folder / "model_index.json", f"model.path={model.path}")
+        return [problem] if problem else []
     if model.id is None and model.build is None:
         return [f"model={model.name}: neither model.id, model.path nor model.build is set; "
                 "fix: set model.path=/a/local/copy or model.id=<hub id>"]

@@ -131,6 +131,10 @@ CASES = [
     pytest.param(["-m", "quant=none,int8", "hydra.sweep.dir=''"], [["hydra.sweep.dir=''", "empty"]], 1,
                  id="25-hydra.sweep.dir=(empty)"),
     pytest.param(["quant=null"], [["quant=null"]], 1, id="26-quant=null"),
+    pytest.param(["--config-dir", "/nonexistent/conf"], [["--config-dir /nonexistent/conf", "no such folder"]], 1,
+                 id="27-config-dir-missing"),
+    pytest.param(["-m", "hydra/launcher=slurm", "quant=none,int8"], [["hydra/launcher=slurm", "sbatch", "fix:"]], 1,
+                 id="28-slurm-without-slurm"),
     # --- more composition errors ---
     pytest.param(["run.nonexistent_key=1"], [["run.nonexistent_key"]], 1, id="12-run.nonexistent_key=1"),
     pytest.param(["quant="], [["quant=", "nf4"]], 1, id="13a-quant=(empty)"),

@@ -2,6 +2,8 @@
 running out of memory. Through the real CLI where it matters (configs that try to run code:
 tests/test_config_safety.py)."""
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +16,7 @@ import pytest
 
 from qco.errors import EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR, QcoError
 from qco.models.build import BUILD_MARKER
-from qco.models.source import resolve_source
+from qco.models.source import built_folder, resolve_source
 from qco.run import run
 from qco.validate import check_class_names
 
@@ -77,16 +79,160 @@ def test_pickled_weights_are_never_loaded(tmp_path, make_cfg):
         run(cfg, tmp_path / "run")
 
 
-def test_damaged_model_cache_is_detected_and_rebuilt(make_cfg, tmp_path, caplog):
-    cfg = make_cfg("model=tiny_sd3", "run.repeats=1", "run.device=cpu")
+@pytest.mark.parametrize("damage,why", [
+    (lambda data: data[:100], "bytes"),  # cut short
+    (lambda data: data[:len(data) // 2] + bytes(255 - b for b in data[len(data) // 2:]), "sha256"),  # same size
+])
+def test_damaged_model_cache_is_detected_and_rebuilt(damage, why, make_cfg, tmp_path, caplog):
+    cfg = make_cfg("model=tiny_sd3", "run.repeats=1", "run.device=cpu", "run.quality=false")
     folder = Path(resolve_source(cfg.model, cfg.paths.models))
     weights = next(folder.rglob("*.safetensors"))
-    weights.write_bytes(weights.read_bytes()[:100])  # cut short
+    written = weights.read_bytes()
+    weights.write_bytes(damage(written))
     record = run(cfg, tmp_path)
     assert record["status"] == "ok"
-    assert "is damaged" in caplog.text and weights.name in caplog.text
-    assert weights.stat().st_size == json.loads((folder / BUILD_MARKER).read_text())["files"][
-        str(weights.relative_to(folder))]
+    assert "is damaged" in caplog.text and weights.name in caplog.text and why in caplog.text
+    assert weights.read_bytes() == written  # rebuilt from the recipe: the same seed, the same bytes
+    entry = json.loads((folder / BUILD_MARKER).read_text())["files"][str(weights.relative_to(folder))]
+    assert entry["bytes"] == len(written) and entry["sha256"] == hashlib.sha256(written).hexdigest()
+
+
+def test_a_killed_build_leaves_nothing_the_next_build_keeps(make_cfg, tmp_path, caplog):
+    cfg = make_cfg("model=tiny_sd3", f"paths.models={tmp_path / 'store'}", "run.repeats=1", "run.device=cpu",
+                   "run.quality=false")
+    folder = built_folder(cfg.model, cfg.paths.models)
+    staging = folder.parent / f".{folder.name}.killed"  # what write_folder_atomic leaves when killed mid-build
+    (staging / "transformer").mkdir(parents=True)
+    (staging / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"half")
+    assert run(cfg, tmp_path / "run")["status"] == "ok"
+    assert not staging.exists() and "left by a build that did not finish" in caplog.text
+    assert sorted(p.name for p in folder.parent.iterdir() if p.is_dir()) == [folder.name]
+
+
+def test_an_unwritable_model_store_is_one_line_naming_its_setting(tmp_path, models_cache):
+    (tmp_path / "a_file").write_text("not a folder")
+    result = qco(["run.repeats=1"], tmp_path, tmp_path / "a_file" / "models")
+    (line,) = errors(result)
+    assert result.returncode == EXIT_USER_ERROR and "Traceback" not in result.stderr
+    assert "paths.models=" in line and "QCO_MODEL_CACHE" in line and "cannot be written" in line
+
+
+def _model_copy(make_cfg, tmp_path) -> Path:
+    tiny = make_cfg()
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_source(tiny.model, tiny.paths.models), folder)
+    return folder
+
+
+MODEL_ARGS = ["model=flux_dev", "run.height=64", "run.width=64", "run.steps=2", "run.repeats=1", "run.device=cpu"]
+
+
+@pytest.mark.parametrize("component", ["transformer", "text_encoder_2"])
+def test_truncated_weights_are_one_line(component, make_cfg, tmp_path, models_cache):
+    folder = _model_copy(make_cfg, tmp_path)
+    weights = next((folder / component).glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = qco([*MODEL_ARGS, f"model.path={folder}"], tmp_path, models_cache)
+    (line,) = errors(result)
+    assert result.returncode == EXIT_USER_ERROR and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"model.path={folder}" in line and str(weights) in line and "damaged or cut short" in line
+
+
+@pytest.mark.parametrize("index,needle", [
+    ('{"_class_name": "FluxPipeline", "transformer": ', "cannot be read as JSON"),
+    ('["FluxPipeline"]', "holds a list"),
+    ('{"_class_name": "FluxPipeline", "transformer": "diffusers"}', "not a [library, class] pair"),
+    ('{"_class_name": "FluxPipeline", "transformer": ["diffusers", "os"]}', "names diffusers.os for transformer"),
+])
+def test_a_bad_model_index_is_one_line(index, needle, make_cfg, tmp_path, models_cache):
+    folder = _model_copy(make_cfg, tmp_path)
+    (folder / "model_index.json").write_text(index)
+    result = qco([*MODEL_ARGS, f"model.path={folder}"], tmp_path, models_cache)
+    (line,) = errors(result)
+    assert result.returncode == EXIT_USER_ERROR and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"model.path={folder}" in line and needle in line and "fix:" in line
+
+
+WRONG_SHAPES = ['[]', '{"status": "ok"}', '{"status": "ok", "timings": {"latency_s": {"mean": "fast"}}}', '"ok"']
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory, models_cache):
+    folder = tmp_path_factory.mktemp("sweep")
+    assert qco(["-m", "quant=none,int8", "run.repeats=1", "run.device=cpu"], folder, models_cache).returncode == 0
+    return folder
+
+
+@pytest.mark.parametrize("content", WRONG_SHAPES)
+def test_a_results_file_of_the_wrong_shape_is_read_as_unreadable(content, small_sweep, tmp_path, models_cache):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(next((small_sweep / "outputs" / "sweeps").iterdir()), sweep)
+    bad, good = sorted(sweep.glob("*/results.json"), key=lambda p: "int8" not in p.parent.name)
+    bad.write_text(content)
+    aggregated = subprocess.run([sys.executable, "-m", "qco.sweep.aggregate", str(sweep)], capture_output=True,
+                                text=True, timeout=120)
+    assert aggregated.returncode == 0 and "Traceback" not in aggregated.stderr, aggregated.stderr[-2000:]
+    assert "| unreadable |" in (sweep / "sweep.md").read_text()
+    recommended = subprocess.run([sys.executable, "-m", "qco.recommend", str(sweep), "--memory", "host",
+                                  "--memory-gb", "100"], capture_output=True, text=True, timeout=120)
+    assert recommended.returncode == 0 and "Traceback" not in recommended.stderr, recommended.stderr[-2000:]
+    assert good.parent.name.split(",")[0] in recommended.stdout
+
+
+def test_resume_reruns_a_results_file_of_the_wrong_shape(small_sweep, models_cache):
+    sweep = next((small_sweep / "outputs" / "sweeps").iterdir())
+    (bad,) = [p for p in sweep.glob("*/results.json") if "int8" in p.parent.name]
+    bad.write_text('{"status": "ok"}')
+    result = qco(["-m", "quant=none,int8", "run.repeats=1", "run.device=cpu"], small_sweep, models_cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "is not a run's record" in result.stdout + result.stderr
+    assert json.loads(bad.read_text())["timings"]["latency_s"]["mean"] > 0
+
+
+def test_aggregate_refuses_a_folder_that_is_no_sweep_and_one_it_cannot_write(small_sweep, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = subprocess.run([sys.executable, "-m", "qco.sweep.aggregate", str(tmp_path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "not a sweep" in result.stderr and "nothing was written" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+    sweep, view = tmp_path / "sweep", tmp_path / "read_only"
+    shutil.copytree(next((small_sweep / "outputs" / "sweeps").iterdir()), sweep)
+    view.mkdir()
+    before = {p.relative_to(sweep): p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    with read_only_view(sweep, view):
+        result = subprocess.run([sys.executable, "-m", "qco.sweep.aggregate", str(view)], capture_output=True,
+                                text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(lines) == 1 and "cannot write there" in lines[0] and "untouched" in lines[0]
+    assert {p.relative_to(sweep): p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
+
+
+@contextlib.contextmanager
+def read_only_view(folder: Path, view: Path):
+    """`view` shows `folder` read-only. File modes do not stop root (CI runs as root), so for root it
+    is a read-only bind mount; for anyone else, modes."""
+    if os.geteuid() != 0:
+        shutil.rmtree(view)
+        view.symlink_to(folder)
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")] if p.is_dir()}
+        for path in modes:
+            path.chmod(0o555)
+        try:
+            yield
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(view)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"no read-only view can be made here: {mounted.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], check=True, capture_output=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(view)], capture_output=True)
 
 
 def test_unwritable_output_is_one_line_and_harms_nothing(tmp_path, models_cache):

@@ -199,3 +199,39 @@ def test_pareto_front():
             for j, l, m in [("a", 1.0, 10.0), ("b", 2.0, 5.0), ("c", 2.5, 6.0), ("d", 0.5, 20.0)]]
     rows.append({"job": "e", "status": "failed"})
     assert [r["job"] for r in pareto_front(rows)] == ["a", "b", "d"]
+
+
+def test_a_sweep_the_rules_refuse_whole_starts_no_job_and_fails(tmp_path, models_cache):
+    result = qco(["-m", "quant=torchao_fp8", "offload=none,sequential", "run.device=cpu"], tmp_path, models_cache)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("qco: error:")]
+    assert len(errors) == 1 and "every job of the sweep was refused (2)" in errors[0]
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+    jobs = records(sweep)
+    assert [r["status"] for r in jobs.values()] == ["refused", "refused"]
+    assert all("fp8_needs_sm89" in r["reason"] for r in jobs.values())
+    assert not list(sweep.glob("*/job.log")) and not list(sweep.glob("*/job.json"))  # no job process started
+    assert all((sweep / name / "rerun.yaml").is_file() for name in jobs)
+
+
+def test_two_sweeps_on_one_folder_never_measure_a_job_at_once(tmp_path, models_cache):
+    args = ["-m", "quant=none,int8", "run.repeats=40", "run.device=cpu", "run.quality=false"]
+    env = {**os.environ, "QCO_MODEL_CACHE": str(models_cache), "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "qco", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((tmp_path / "outputs").rglob("job.log")):
+            time.sleep(0.2)
+        second = qco(args, tmp_path, models_cache)
+        _, first_err = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0 and second.returncode == 0, first_err[-2000:] + second.stderr[-2000:]
+    assert "is being measured by another sweep" in second.stderr + second.stdout
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+    for folder in sweep.iterdir():
+        if folder.is_dir():  # each job measured by one process once: its log holds one plan
+            assert (folder / "job.log").read_text().count("plan: load") == 1, folder.name
+            assert json.loads((folder / "results.json").read_text())["status"] == "ok"

@@ -1,6 +1,7 @@
 """Where a model's weights come from: a local folder (model.path), a hub id (model.id), or a
 recipe built once into the cache (model.build). All three end in one from_pretrained call."""
 
+import errno
 import hashlib
 import json
 import logging
@@ -10,7 +11,9 @@ from typing import Optional, Set
 
 from omegaconf import OmegaConf
 
-from qco.models.build import build_pipeline, damage
+from qco.errors import WRITE_ERRORS, QcoError
+from qco.models.build import build_lock, build_pipeline, damage
+from qco.models.index import read_model_index
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +32,20 @@ def resolve_source(model, models_cache: str) -> str:
     if model.id is not None:
         return model.id
     folder = built_folder(model, models_cache)
-    problem = damage(folder) if folder.is_dir() else None
-    if problem:  # cut short or altered since it was built: repair it (the build is atomic)
-        log.warning("The cached build %s is damaged (%s): building it again", folder, problem)
-        shutil.rmtree(folder)
-    if not folder.is_dir():
-        build_pipeline(model, folder)
+    try:
+        with build_lock(folder):
+            problem = damage(folder) if folder.is_dir() else None
+            if problem:  # cut short or altered since it was built: repair it (the build is atomic)
+                log.warning("The cached build %s is damaged (%s): building it again", folder, problem)
+                shutil.rmtree(folder)
+            if not folder.is_dir():
+                build_pipeline(model, folder)
+    except OSError as error:
+        if error.errno not in (*WRITE_ERRORS, errno.ENOENT):  # ENOENT: a folder that cannot be made (/proc)
+            raise
+        raise QcoError(f"paths.models={models_cache}: the model store cannot be written ({error.strerror}: "
+                       f"{error.filename or folder}); fix: point it at a writable folder, paths.models=/data/qco-models "
+                       "or export QCO_MODEL_CACHE=/data/qco-models") from error
     return str(folder)
 
 
@@ -49,7 +60,10 @@ def model_index(model, models_cache: str) -> Optional[dict]:
         index = Path(cached) if isinstance(cached, str) else None
     else:
         return {name: ["recipe", spec.cls] for name, spec in model.build.components.items()}
-    return json.loads(index.read_text()) if index is not None and index.is_file() else None
+    if index is None or not index.is_file():
+        return None
+    content, _ = read_model_index(index, "model_index.json")  # a bad one is refused by qco/validate.py
+    return content
 
 
 def model_components(model, models_cache: str) -> Optional[Set[str]]:

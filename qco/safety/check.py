@@ -4,6 +4,7 @@ few other keys through which a config could run code or write where it likes."""
 
 import copy
 import os
+import shutil
 from typing import Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -119,6 +120,14 @@ def _sweeper_and_launcher_problems(hydra, sweep_dir: Optional[str]) -> List[str]
         problems.append(f"hydra.sweeper.storage={storage}: an Optuna study may be stored only as sqlite:/// inside the "
                         f"sweep folder ({sweep_dir}); fix: leave it null, or use "
                         "sqlite:///${hydra.sweep.dir}/study.db")
+    if sweep_dir is not None:  # a sweep: its launcher is built
+        problems += [f"hydra.launcher.{key}: required and not set; fix: add hydra.launcher.{key}=<value> to the command"
+                     for key in sorted(OmegaConf.missing_keys(launcher))]
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if str(launcher.get("_target_", "")).endswith(".SlurmLauncher") and missing:
+        problems.append(f"hydra/launcher=slurm: SLURM's {' and '.join(missing)} not on this machine's PATH, so no job could be "
+                        "submitted; fix: run the sweep on the cluster's login node, or use hydra/launcher=local_gpus "
+                        "(this host's GPUs) or no launcher")
     if launcher.get("setup"):  # submitit writes these lines into the job script
         problems.append(f"hydra.launcher.setup={list(launcher.get('setup'))}: shell commands for the job script, and "
                         "a config may not run code; fix: set up the environment in your cluster's job profile instead")

@@ -32,29 +32,40 @@ def read_rows(sweep_dir: Path) -> List[dict]:
     for path in sorted(sweep_dir.glob("*/results.json")):
         try:
             record = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
+            row = row_of(record, path)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
             rows.append({"job": path.parent.name, "overrides": [], "status": "unreadable",
-                         "reason": f"results.json cannot be read ({type(error).__name__})", "dir": path.parent})
+                         "reason": f"results.json cannot be read or is not a run's record ({type(error).__name__}: "
+                                   f"{str(error)[:80]})", "dir": path.parent})
             continue
-        reason = record.get("reason", "")
-        if record.get("status") == "running":
-            reason = (f"no end recorded: still running, or process {record.get('pid')} died without cleaning up "
-                      "(a native crash or a kill); its log is in this folder")
-        row = {"job": path.parent.name, "overrides": list(record.get("overrides") or []),
-               "status": record.get("status"), "reason": reason, "dir": path.parent,
-               "setting": run_setting(record), "combination": record.get("combination")}
-        if record.get("status") == "ok":
-            t, m = record["timings"], record["memory"]
-            row.update(latency_s=t["latency_s"]["mean"], latency_stdev_s=t["latency_s"]["stdev"],
-                       first_call_s=t["first_call_s"], peak_allocated_gb=m["peak_allocated_gb"],
-                       peak_reserved_gb=m["peak_reserved_gb"], host_peak_gb=m["host_peak_gb"],
-                       images=[str(path.parent / name) for name in record.get("images", [])
-                               if (path.parent / name).is_file()],
-                       machine=_machine(record.get("environment", {})),
-                       **_quality(record.get("quality")),
-                       reason="; ".join(n.split(" (")[0] for n in record.get("plan", {}).get("notes", [])))
         rows.append(row)
     return rows
+
+
+def row_of(record: dict, path: Path) -> dict:
+    """A table row from one results.json; raises where the file is not a run's record."""
+    if not isinstance(record, dict):
+        raise TypeError(f"a {type(record).__name__}, not a record")
+    reason = record.get("reason", "")
+    if record.get("status") == "running":
+        reason = (f"no end recorded: still running, or process {record.get('pid')} died without cleaning up "
+                  "(a native crash or a kill); its log is in this folder")
+    row = {"job": path.parent.name, "overrides": list(record.get("overrides") or []),
+           "status": record.get("status"), "reason": reason, "dir": path.parent,
+           "setting": run_setting(record), "combination": record.get("combination")}
+    if record.get("status") == "ok":
+        t, m = record["timings"], record["memory"]
+        row.update(latency_s=t["latency_s"]["mean"], latency_stdev_s=t["latency_s"]["stdev"],
+                   first_call_s=t["first_call_s"], peak_allocated_gb=m["peak_allocated_gb"],
+                   peak_reserved_gb=m["peak_reserved_gb"], host_peak_gb=m["host_peak_gb"],
+                   images=[str(path.parent / name) for name in record.get("images", [])
+                           if (path.parent / name).is_file()],
+                   machine=_machine(record.get("environment", {})),
+                   **_quality(record.get("quality")),
+                   reason="; ".join(n.split(" (")[0] for n in record.get("plan", {}).get("notes", [])))
+        if not all(isinstance(row[key], (int, float)) for key in ("latency_s", "first_call_s")):
+            raise TypeError("its timings are not numbers")
+    return row
 
 
 def _quality(quality: Optional[dict]) -> dict:
@@ -200,7 +211,25 @@ def aggregate(sweep_dir: Path) -> List[dict]:
     return rows
 
 
+def main(argv: List[str]) -> int:
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        print("usage: python -m qco.sweep.aggregate SWEEP_DIR (a folder of run folders, e.g. outputs/sweeps/<name>)",
+              file=sys.stderr)
+        return 2
+    folder = Path(argv[0])
+    if not list(folder.glob("*/results.json")):  # its files would be written into a folder that is no sweep
+        print(f"qco.sweep.aggregate: {folder} holds no run folder (no */results.json), so it is not a sweep; fix: "
+              "give the sweep's folder, e.g. outputs/sweeps/<name>; nothing was written", file=sys.stderr)
+        return 2
+    try:
+        aggregate(folder)
+    except OSError as error:
+        print(f"qco.sweep.aggregate: {error.filename or folder}: cannot write there ({error.strerror}); fix: make the "
+              "folder writable, or copy the sweep somewhere writable and aggregate the copy; the runs' results are "
+              "untouched", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
-        sys.exit("usage: python -m qco.sweep.aggregate SWEEP_DIR")
-    aggregate(Path(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

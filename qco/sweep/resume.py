@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from qco.sweep.aggregate import row_of
+
 DONE = ("ok", "refused")
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,11 @@ def recorded(run_dir: Path, retry_failed: bool) -> Optional[dict]:
     except (OSError, ValueError) as error:
         log.warning("%s cannot be read (%s): running that job again; the other jobs' results are untouched",
                     path, type(error).__name__)
+        return None
+    try:
+        row_of(record, path)  # the shape every reader expects, or an error saying what is wrong
+    except (TypeError, KeyError, AttributeError, ValueError) as error:
+        log.warning("%s is not a run's record (%s: %s): running that job again", path, type(error).__name__, error)
         return None
     if record.get("status") in DONE or (record.get("status") == "failed" and not retry_failed):
         return record
