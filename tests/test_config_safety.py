@@ -94,7 +94,8 @@ CODE_CASES = {
     "environment-of-the-job": (
         {}, ["+hydra.job.env_set.LD_PRELOAD={marker}.so"], "hydra.job.env_set.LD_PRELOAD"),
     "optuna-custom-search-space": (
-        {}, ["-m", "experiment=search_pareto", "hydra.sweeper.custom_search_space=os.system"],
+        {}, ["-m", "experiment=search_pareto", "hydra.sweeper.custom_search_space=os.system",
+             "hydra.sweeper.params.offload=none"],  # 24 combinations to compose, not 120
         "hydra.sweeper.custom_search_space=os.system"),
     "job-folder-outside-the-sweep": (
         {}, ["-m", "quant=none,int8", "hydra.sweep.subdir=../../{marker}"], "hydra.sweep.subdir"),
@@ -218,7 +219,8 @@ def test_every_kind_of_sweep_override_works(tmp_path, models_cache):
 
 def test_optuna_interval_and_tag_overrides_work(tmp_path, models_cache):
     args = ["-m", "experiment=search_pareto", "hydra.sweeper.n_trials=2", "run.dry_run=true",
-            "run.guidance=tag(log, interval(1.0, 5.0))", "hydra.sweeper.params.compile=none"]
+            "run.guidance=tag(log, interval(1.0, 5.0))", "hydra.sweeper.params.compile=none",
+            "hydra.sweeper.params.offload=none", "hydra.sweeper.params.quant='choice(none, int8)'"]
     result = qco_cli(args, tmp_path, models_cache, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     guidance = [p.name for p in (tmp_path / "outputs" / "sweeps").glob("*/*") if "run.guidance=" in p.name]

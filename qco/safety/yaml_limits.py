@@ -36,8 +36,20 @@ def escapes_its_folder(config_path: str) -> bool:
     return path.is_absolute() or ".." in path.parts
 
 
+_CHECKED = set()  # (path, inode, size, mtime) of files found safe: a sweep composes each many times
+
+
 def check_yaml_file(path: str) -> None:
     """Raise UnsafeConfigFile with one line if the file is unsafe to hand to OmegaConf."""
+    info = os.stat(path)
+    key = (path, info.st_ino, info.st_size, info.st_mtime_ns)
+    if key in _CHECKED:
+        return
+    _check_yaml_file(path)
+    _CHECKED.add(key)
+
+
+def _check_yaml_file(path: str) -> None:
     with open(path, "rb") as handle:
         data = handle.read(MAX_BYTES + 1)  # read(): a FIFO or /dev/zero reports no size
     if len(data) > MAX_BYTES:
