@@ -22,6 +22,9 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
     if type(error).__name__ == "FailedJobError":  # submitit: sbatch refused the job script
         return [f"hydra/launcher=slurm: SLURM refused the job ({_joined(error)[:300]}); fix: check "
                 "hydra.launcher.partition and the other hydra.launcher.* values against your cluster (sinfo)"]
+    if isinstance(error, ValueError) and str(error).startswith("Only one of --run"):
+        return [f"{_first_line(error)}; fix: drop all but one of them (--cfg shows a run's config; a sweep's jobs "
+                "are printed by running it with run.dry_run=true)"]
     if isinstance(error, ValueError) and "Config group override must be" in str(error):
         nulls = [a for a in args if a.split("=", 1)[-1] in ("null", "~", "")] or ["a group=null"]
         group = nulls[0].split("=")[0]

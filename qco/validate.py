@@ -72,7 +72,9 @@ def unknown_keys(cfg) -> List[str]:
             return  # a free-form table: quant.kwargs, compile.inductor, model.build.components.*.config
         fields = {field.name for field in dataclasses.fields(schema)}
         for key in node.keys():
-            if key not in fields and not (path == "" and key == "hydra"):
+            if path == "" and key == "hydra":
+                continue  # Hydra's own node, typed and checked by Hydra
+            if key not in fields:
                 near = [f for f in fields if f[:2] == str(key)[:2]] or sorted(fields)[:4]
                 problems.append(f"{path}{key}: no such key in {schema.__name__}; fix: check the spelling "
                                 f"(e.g. {', '.join(f'{path}{n}' for n in sorted(near))}; `python -m qco --cfg job` "

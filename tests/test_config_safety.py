@@ -97,6 +97,15 @@ CODE_CASES = {
         {}, ["-m", "experiment=search_pareto", "hydra.sweeper.custom_search_space=os.system",
              "hydra.sweeper.params.offload=none"],  # 24 combinations to compose, not 120
         "hydra.sweeper.custom_search_space=os.system"),
+    "interpolated-target": (
+        {}, ["+hydra.callbacks.x._target_=${{oc.env:QCO_EVIL}}"], "hydra.callbacks.x._target_: cannot be checked"),
+    "target-nested-out-of-sight": (
+        {"quant/deep.yaml": "defaults: [int8, _self_]\nname: deep\nkwargs: " + "{a: " * 70
+         + "{_target_: os.system}" + "}" * 70 + "\n"},
+        ["quant=deep"], "nested more than 64 levels"),
+    "launcher-files-outside-the-sweep": (
+        {}, ["-m", "hydra/launcher=local_gpus", "quant=none,int8", "hydra.launcher.temp_folder={marker}"],
+        "hydra.launcher.temp_folder"),
     "job-folder-outside-the-sweep": (
         {}, ["-m", "quant=none,int8", "hydra.sweep.subdir=../../{marker}"], "hydra.sweep.subdir"),
 }

@@ -10,6 +10,7 @@ from typing import Iterator, List, Optional, Tuple
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from qco.errors import QcoError
 from qco.safety.allowed import (LOG_FACTORIES, LOG_FORMATTER_CLASSES, LOG_HANDLER_CLASSES, LOG_STREAMS, TARGETS,
                                 permitted)
 
@@ -19,6 +20,8 @@ from qco.safety.allowed import (LOG_FACTORIES, LOG_FORMATTER_CLASSES, LOG_HANDLE
 ENV_SET_ALLOWED = ("CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM",
                    "HF_HUB_OFFLINE", "TORCHINDUCTOR_CACHE_DIR")
 FIX = "fix: remove it, or use a packaged option"
+BUILDER_KEYS = ("_target_", "()", "class")  # keys whose value names something to import and call
+MAX_DEPTH = 64
 
 
 class _Unresolvable:
@@ -29,6 +32,11 @@ class _Unresolvable:
 def _children(node) -> Iterator[Tuple[str, object]]:
     keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
     for key in keys:
+        raw = node._get_node(key)
+        if key in BUILDER_KEYS and raw is not None and raw._is_interpolation():
+            # what it names could differ between this check and Hydra's use of it (${now:...})
+            yield str(key), _Unresolvable(ValueError(f"{raw._value()}: an interpolation; write the name out"))
+            continue
         try:
             yield str(key), node[key]  # resolved: a resolver may build a dict that holds a _target_
         except MissingMandatoryValue:
@@ -39,8 +47,9 @@ def _children(node) -> Iterator[Tuple[str, object]]:
 
 def walk(node, path: Tuple[str, ...] = (), depth: int = 0) -> Iterator[Tuple[Tuple[str, ...], object]]:
     """(key path, resolved value) of every leaf."""
-    if depth > 64:  # an interpolation that points at its own parent
-        return
+    if depth > MAX_DEPTH:  # deeper than any config, or an interpolation that points at its own parent
+        raise QcoError(f"{'.'.join(path[:6])}...: nested more than {MAX_DEPTH} levels deep, which no config needs and "
+                       "which could hide what it builds; fix: flatten it, or remove it")
     for key, child in _children(node):
         if isinstance(child, (DictConfig, ListConfig)):
             yield from walk(child, path + (key,), depth + 1)
@@ -53,21 +62,23 @@ def _target_problems(cfg) -> List[str]:
     for path, value in walk(cfg):
         if path[-1] != "_target_" or path[:2] in (("hydra", "job_logging"), ("hydra", "hydra_logging")):
             continue
-        why = (f"cannot be resolved ({value.error})" if isinstance(value, _Unresolvable)
-               else permitted(value, TARGETS))
+        why = "unresolvable" if isinstance(value, _Unresolvable) else permitted(value, TARGETS)
         if why:
             problems.append(refusal(".".join(path), value, why, TARGETS))
     return problems
 
 
 def refusal(key: str, value, why: str, allowed) -> str:
-    shown = value.error if isinstance(value, _Unresolvable) else value
+    if isinstance(value, _Unresolvable):
+        key, why = key, f"cannot be checked ({value.error})"
+    else:
+        key = f"{key}={value}"
     if allowed is TARGETS:  # too many to print: say what they are
         names = ("qco's sweep callback, the launchers and sweepers of Hydra and its plugins, Optuna's samplers and "
                  "torchao's granularities (listed in qco/safety/allowed.py)")
     else:
         names = ", ".join(allowed)
-    return f"{key}={shown}: {why}; a config may name only {names}; {FIX}"
+    return f"{key}: {why}; a config may name only {names}; {FIX}"
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -124,10 +135,15 @@ def _sweeper_and_launcher_problems(hydra, sweep_dir: Optional[str]) -> List[str]
         problems += [f"hydra.launcher.{key}: required and not set; fix: add hydra.launcher.{key}=<value> to the command"
                      for key in sorted(OmegaConf.missing_keys(launcher))]
     missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
-    if str(launcher.get("_target_", "")).endswith(".SlurmLauncher") and missing:
+    if sweep_dir is not None and str(launcher.get("_target_", "")).endswith(".SlurmLauncher") and missing:
         problems.append(f"hydra/launcher=slurm: SLURM's {' and '.join(missing)} not on this machine's PATH, so no job could be "
                         "submitted; fix: run the sweep on the cluster's login node, or use hydra/launcher=local_gpus "
                         "(this host's GPUs) or no launcher")
+    for key in ("submitit_folder", "temp_folder"):  # where submitit and joblib write their files
+        folder = launcher.get(key)
+        if folder is not None and sweep_dir and not _inside(str(folder).split("%")[0] + "x", sweep_dir):
+            problems.append(f"hydra.launcher.{key}={folder}: the launcher's files must lie inside the sweep folder "
+                            f"({sweep_dir}); fix: leave it as packaged (${{hydra.sweep.dir}}/...)")
     if launcher.get("setup"):  # submitit writes these lines into the job script
         problems.append(f"hydra.launcher.setup={list(launcher.get('setup'))}: shell commands for the job script, and "
                         "a config may not run code; fix: set up the environment in your cluster's job profile instead")
