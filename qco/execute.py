@@ -14,7 +14,6 @@ from qco.compose import compose_pipeline
 from qco.errors import QcoError
 from qco.measure import (DeviceMemory, HostMemory, Phase, compile_settings, component_sizes_gb, measure_calls,
                          stats)
-from qco.models.source import resolve_source
 from qco.oom import out_of_memory
 from qco.plan import Plan, draft_plan
 from qco.reference import measure_quality

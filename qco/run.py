@@ -16,6 +16,7 @@ from qco.validate import check_values
 
 log = logging.getLogger(__name__)
 
+
 def combination(cfg) -> str:
     """The choices of every group, the last three only where something is chosen."""
     extras = "".join(f" {group}={cfg[group].name}" for group, default in
@@ -62,7 +63,8 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
         problems = check_values(cfg)
         if problems:  # before torch loads: quick, and with no library's warnings in front
             raise QcoError(problems)
-        from qco.execute import check_and_plan, measure_run, resolve_source
+        from qco.execute import check_and_plan, measure_run
+        from qco.models.source import resolve_source
 
         plan = check_and_plan(cfg)
         record["plan"] = plan.as_dict()

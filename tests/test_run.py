@@ -77,7 +77,7 @@ def test_built_model_is_cached_with_its_marker(make_cfg, tmp_path):
     marker = json.loads((folder / BUILD_MARKER).read_text())
     assert marker["model"] == "tiny_sd3"
     assert (folder / "model_index.json").is_file()
-    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".") and p.is_dir()]  # no staging left
     stamp = (folder / "transformer").stat().st_mtime
     run(cfg, tmp_path / "two")
     assert (folder / "transformer").stat().st_mtime == stamp  # loaded, not rebuilt

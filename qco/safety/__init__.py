@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from qco.safety.check import check_composed, override_problems
 from qco.safety.compose import compose_command, config_loader, parsed_overrides
-from qco.safety.yaml_limits import check_config_files
+from qco.safety.yaml_limits import checked_config_files
 from qco.validate import check_sweep
 
 
@@ -19,10 +19,14 @@ def check_command_line(argv: List[str], task_function: Callable, config_path: st
     composition itself (an unknown option, a bad override) are raised as Hydra raises them."""
     from hydra._internal.utils import get_args_parser
 
-    check_config_files()
     args = get_args_parser().parse_args(argv)
     if args.shell_completion:
         return []
+    with checked_config_files():
+        return _problems(args, task_function, config_path, config_name)
+
+
+def _problems(args, task_function: Callable, config_path: str, config_name: str) -> List[str]:
     loader = config_loader(args, task_function, config_path)
     sweep, jobs = compose_command(loader, args.config_name or config_name, list(args.overrides),
                                   bool(args.multirun), show_only=bool(args.cfg or args.info or args.help))

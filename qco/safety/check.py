@@ -195,13 +195,17 @@ def check_composed(cfg: DictConfig, multirun: bool, job_num: int = 0) -> List[st
         return empty
     output_dir = output_dir_of(cfg, multirun)
     cfg.hydra.runtime.output_dir = os.path.abspath(output_dir)
-    HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the values checked
     log_folder = str(cfg.hydra.sweep.dir) if multirun else output_dir
-    return (_target_problems(cfg)
-            + _logging_problems("hydra.job_logging", cfg.hydra.get("job_logging"), output_dir)
-            + _logging_problems("hydra.hydra_logging", cfg.hydra.get("hydra_logging"), log_folder)
-            + _sweeper_and_launcher_problems(cfg.hydra, str(cfg.hydra.sweep.dir) if multirun else None)
-            + _folder_problems(cfg.hydra, multirun, output_dir))
+    hydra_config, before = HydraConfig.instance(), HydraConfig.instance().cfg
+    hydra_config.set_config(cfg)  # for ${hydra:...} in the values checked
+    try:
+        return (_target_problems(cfg)
+                + _logging_problems("hydra.job_logging", cfg.hydra.get("job_logging"), output_dir)
+                + _logging_problems("hydra.hydra_logging", cfg.hydra.get("hydra_logging"), log_folder)
+                + _sweeper_and_launcher_problems(cfg.hydra, str(cfg.hydra.sweep.dir) if multirun else None)
+                + _folder_problems(cfg.hydra, multirun, output_dir))
+    finally:
+        hydra_config.cfg = before  # Hydra sets its own when the run starts
 
 
 def override_problems(overrides) -> List[str]:

@@ -10,9 +10,11 @@ names it, and lists folders (names only) to offer options. The same checks apply
 - is not YAML, or its aliases expand to more than MAX_NODES nodes (a "billion laughs"), or refer to
   themselves (a recursive alias, which OmegaConf would follow forever)."""
 
+import contextlib
 import os
 from importlib import resources
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 import yaml
 from hydra._internal.core_plugins.file_config_source import FileConfigSource
@@ -123,12 +125,20 @@ class CheckedPackageConfigSource(ImportlibResourcesConfigSource):
         return super().load_config(config_path)
 
 
-def check_config_files() -> None:
-    """Route Hydra's file:// and pkg:// folders through the checked sources, in this process, from now
-    on. Hydra's registry keeps the first class it is given for a scheme, so its entries are replaced
-    once Hydra has registered its own."""
+@contextlib.contextmanager
+def checked_config_files() -> Iterator[None]:
+    """Within it, Hydra's file:// and pkg:// folders are read through the checked sources. Hydra's
+    registry keeps the first class it is given for a scheme (and hands its state to a launcher's
+    workers), so the entries are swapped for the check and put back after it: Hydra's own
+    composition then reads the files this one has checked."""
     from hydra.core.plugins import Plugins
 
     Plugins.instance()  # registers Hydra's config sources
-    for source in (CheckedFileConfigSource, CheckedPackageConfigSource):
-        SourcesRegistry.instance().types[source.scheme()] = source
+    types = SourcesRegistry.instance().types
+    saved = dict(types)
+    types.update({source.scheme(): source for source in (CheckedFileConfigSource, CheckedPackageConfigSource)})
+    try:
+        yield
+    finally:
+        types.clear()
+        types.update(saved)
