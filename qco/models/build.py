@@ -150,6 +150,8 @@ def _build_and_save(model, folder: Path, device: str) -> None:
                  for p in sorted(staging.rglob("*")) if p.is_file()}
         (staging / BUILD_MARKER).write_text(json.dumps({"model": model.name, "recipe": recipe_dict, "files": files},
                                                        indent=1))
+        # just hashed: the first use need not hash them again (renaming the folder changes no file)
+        (staging / VERIFIED).write_text(json.dumps({name: _fingerprint(staging / name) for name in files}))
 
     # another process that finished the same build first keeps its copy
     write_folder_atomic(folder, save, finished=lambda built: (built / BUILD_MARKER).is_file())
