@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Fitting the card (issue 12), first step: bitsandbytes quantizes on the CPU where the plan offloads or
-# caps GPU memory, so loading never holds an unquantized component on the GPU. FLUX.1-dev architecture
-# with random weights, 1024x1024, 28 steps, 1 warm-up + 2 timed calls, each row in its own process.
+# Fitting the card (issue 12): the leanest preset under a 4 GB cap, beside it without the cap and nf4 with
+# model offload. FLUX.1-dev architecture with random weights, 1024x1024, 28 steps, 1 warm-up + 2 timed
+# calls, each row in its own process. results/fit_h100 was made at commit 70cc8d8, whose rule quantized
+# bitsandbytes on the CPU for these rows (reverted after: benchmarks/README.md says why).
 # Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_fit.sh OUT_DIR [ROW ...]
 set -u
 out=${1:?usage: gpu_fit.sh OUT_DIR [ROW ...]}; shift

@@ -73,7 +73,6 @@ class Plan:
     tune: TuneStep = field(default_factory=TuneStep)
     cache: CacheStep = field(default_factory=CacheStep)
     video: bool = False  # the model makes videos (model.video is set)
-    memory_limit_gb: Optional[float] = None  # run.memory_limit_gb: the GPU memory the run may take
     notes: List[str] = field(default_factory=list)  # what rules adjusted, and why
 
     def as_dict(self) -> dict:
@@ -179,5 +178,4 @@ def draft_plan(cfg, target: Target) -> Plan:
                       vae_channels_last=cfg.tweaks.vae_channels_last, attention_backend=cfg.attention.backend),
         cache=CacheStep(cfg.cache.method, OmegaConf.to_container(cfg.cache.kwargs, resolve=True)),
         video=cfg.model.video is not None,
-        memory_limit_gb=cfg.run.memory_limit_gb,
     )

@@ -219,14 +219,6 @@ RULES: List[Rule] = [
          adjust=_bitsandbytes_cpu_load,
          reason="bitsandbytes >= 0.48 runs nf4/fp4/int8 on CPU, but diffusers refuses without a GPU "
                 "('No GPU found') and quantizes on a GPU unless the weights are placed on the CPU at load"),
-    Rule("quantize_on_the_cpu_for_a_small_gpu",
-         when=lambda p: _bitsandbytes(p) and p.target.is_cuda and p.load.device_map is None
-         and (_offloading(p) or p.memory_limit_gb is not None),
-         adjust=_bitsandbytes_cpu_load,
-         reason="loaded for the GPU, bitsandbytes quantizes each component there, from its unquantized "
-                "weights: loading took more GPU memory than the run (the leanest preset: 3.8 GB under a 4 GB "
-                "cap, H100); quantized on the CPU, only quantized weights ever reach the GPU, moved there by "
-                "the offload hooks or the placement"),
     Rule("no_fullgraph_across_offload_hooks",
          when=lambda p: _compiling(p) and _offloading(p) and p.compile.kwargs.get("fullgraph"),
          adjust=_fullgraph_off,

@@ -28,24 +28,10 @@ def test_card_example_on_gpu_drops_fullgraph_and_raises_recompile_limit(make_cfg
     plan = plan_for(make_cfg, H200, "quant=nf4", "compile=max_autotune", "offload=model")
     assert plan.compile.kwargs == {"mode": "max-autotune", "fullgraph": False, "dynamic": None}
     assert plan.compile.dynamo == {"capture_dynamic_output_shape_ops": True, "cache_size_limit": 1000}
-    assert plan.load.device_map == "cpu" and plan.load.bitsandbytes_on_cpu  # offloaded: quantized on the CPU
+    assert plan.load.device_map is None and not plan.load.bitsandbytes_on_cpu  # quantized on the GPU
     assert plan.place.method == "model" and plan.place.kwargs == {"device": "cuda:0"}
     assert [note.split(" (")[0] for note in plan.notes] == [
-        "quantize on the CPU: device_map=cpu, diffusers' GPU-only check lifted",
         "compile.fullgraph: true -> false", "compile.dynamo += {'cache_size_limit': 1000}"]
-
-
-@pytest.mark.parametrize("overrides,on_cpu", [
-    (["quant=nf4"], False),  # the whole model goes to the GPU anyway: quantizing there is faster
-    (["quant=nf4", "offload=group_leaf"], True),
-    (["quant=int8", "run.memory_limit_gb=8"], True),
-    (["quant=none", "offload=model"], False),
-    (["quant=torchao_int8wo", "offload=model"], False),
-])
-def test_bitsandbytes_quantizes_on_the_cpu_where_the_gpu_is_to_stay_small(overrides, on_cpu, make_cfg):
-    plan = plan_for(make_cfg, H200, *overrides)
-    assert (plan.load.device_map == "cpu") is on_cpu and plan.load.bitsandbytes_on_cpu is on_cpu
-    assert any("quantize_on_the_cpu_for_a_small_gpu" in note for note in plan.notes) is on_cpu
 
 
 def test_compile_without_offload_keeps_fullgraph(make_cfg):
