@@ -11,6 +11,12 @@ declare -A rows=(
   [leanest_cap4]="experiment=leanest_flux run.memory_limit_gb=4"   # the claim: the whole pipeline in 4 GB
   [leanest]="experiment=leanest_flux"                              # the same without a cap
   [nf4_model]="quant=nf4 offload=model"                            # model offload, now quantized on the CPU
+  # torchao's tensors move whole under group offload (diffusers swaps them), and diffusers quantizes
+  # them where it loads them: on the CPU
+  [int8wo_block_cap4]="quant=torchao_int8wo offload=group_block run.memory_limit_gb=4"
+  [int8wo_leaf_cap4]="quant=torchao_int8wo offload=group_leaf run.memory_limit_gb=4"
+  # without a stream group offload pins no copies (torchao 0.17's AffineQuantizedTensor has no is_pinned)
+  [int8wo_block_nostream_cap4]="quant=torchao_int8wo offload=group_block offload.use_stream=false run.memory_limit_gb=4"
 )
 order=(leanest_cap4 leanest nf4_model)
 [ $# -gt 0 ] && order=("$@")
