@@ -83,30 +83,32 @@ def test_pickled_weights_are_never_loaded(tmp_path, make_cfg):
     (lambda data: data[:100], "bytes"),  # cut short
     (lambda data: data[:len(data) // 2] + bytes(255 - b for b in data[len(data) // 2:]), "sha256"),  # same size
 ])
-def test_damaged_model_cache_is_detected_and_rebuilt(damage, why, make_cfg, tmp_path, caplog):
-    cfg = make_cfg("model=tiny_sd3", "run.repeats=1", "run.device=cpu", "run.quality=false")
-    folder = Path(resolve_source(cfg.model, cfg.paths.models))
+def test_damaged_model_cache_is_detected_and_rebuilt(damage, why, tmp_path):
+    store, args = tmp_path / "store", ["model=tiny_sd3", "run.repeats=1", "run.device=cpu", "run.quality=false"]
+    assert qco(args, tmp_path, store).returncode == 0  # builds it
+    (folder,) = [p for p in store.iterdir() if p.is_dir()]
     weights = next(folder.rglob("*.safetensors"))
     written = weights.read_bytes()
     weights.write_bytes(damage(written))
-    record = run(cfg, tmp_path)
-    assert record["status"] == "ok"
-    assert "is damaged" in caplog.text and weights.name in caplog.text and why in caplog.text
+    result = qco(args, tmp_path, store)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stdout + result.stderr
+    assert "is damaged" in log and weights.name in log and why in log
     assert weights.read_bytes() == written  # rebuilt from the recipe: the same seed, the same bytes
     entry = json.loads((folder / BUILD_MARKER).read_text())["files"][str(weights.relative_to(folder))]
     assert entry["bytes"] == len(written) and entry["sha256"] == hashlib.sha256(written).hexdigest()
 
 
-def test_a_killed_build_leaves_nothing_the_next_build_keeps(make_cfg, tmp_path, caplog):
-    cfg = make_cfg("model=tiny_sd3", f"paths.models={tmp_path / 'store'}", "run.repeats=1", "run.device=cpu",
-                   "run.quality=false")
-    folder = built_folder(cfg.model, cfg.paths.models)
+def test_a_killed_build_leaves_nothing_the_next_build_keeps(make_cfg, tmp_path):
+    store = tmp_path / "store"
+    folder = built_folder(make_cfg("model=tiny_sd3").model, str(store))
     staging = folder.parent / f".{folder.name}.killed"  # what write_folder_atomic leaves when killed mid-build
     (staging / "transformer").mkdir(parents=True)
     (staging / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"half")
-    assert run(cfg, tmp_path / "run")["status"] == "ok"
-    assert not staging.exists() and "left by a build that did not finish" in caplog.text
-    assert sorted(p.name for p in folder.parent.iterdir() if p.is_dir()) == [folder.name]
+    result = qco(["model=tiny_sd3", "run.repeats=1", "run.device=cpu", "run.quality=false"], tmp_path, store)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not staging.exists() and "left by a build that did not finish" in result.stdout + result.stderr
+    assert sorted(p.name for p in store.iterdir() if p.is_dir()) == [folder.name]
 
 
 def test_an_unwritable_model_store_is_one_line_naming_its_setting(tmp_path, models_cache):
