@@ -235,3 +235,14 @@ def test_optuna_interval_and_tag_overrides_work(tmp_path, models_cache):
     guidance = [p.name for p in (tmp_path / "outputs" / "sweeps").glob("*/*") if "run.guidance=" in p.name]
     assert len(guidance) == 2 and all(1.0 <= float(n.split("run.guidance=")[1].split(",")[0]) <= 5.0
                                       for n in guidance), guidance
+
+
+def test_packaged_commands_pass_the_check():
+    """The check itself, in process, on commands that must run: a sweep with no overrides (its jobs'
+    folder is the sweep's own), the packaged experiments and launchers."""
+    from qco.__main__ import CONFIG_NAME, CONFIG_PATH, app
+    from qco.safety import check_command_line
+
+    for argv in (["-m"], ["-m", "experiment=seed_flux_table"], ["experiment=leanest_flux"],
+                 ["-m", "hydra/launcher=local_gpus", "quant=none,nf4"], ["experiment=fastest_flux", "--cfg", "job"]):
+        assert check_command_line(argv, app.__wrapped__, CONFIG_PATH, CONFIG_NAME) == [], argv

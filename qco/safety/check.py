@@ -159,7 +159,8 @@ def _empty_folder_problems(hydra, multirun: bool) -> List[str]:
 
 def _folder_problems(hydra, multirun: bool, output_dir: str) -> List[str]:
     problems = []
-    if multirun and not _inside(output_dir, hydra.sweep.dir):
+    at_sweep = os.path.realpath(os.path.abspath(output_dir)) == os.path.realpath(os.path.abspath(hydra.sweep.dir))
+    if multirun and not (at_sweep or _inside(output_dir, hydra.sweep.dir)):  # at: a sweep with no overrides
         problems.append(f"hydra.sweep.subdir={hydra.sweep.subdir}: a job's folder must lie inside the sweep folder "
                         f"({hydra.sweep.dir}); fix: a name without '..' or a leading '/'")
     subdir = hydra.get("output_subdir")
