@@ -70,7 +70,7 @@ def _target_problems(cfg) -> List[str]:
 
 def refusal(key: str, value, why: str, allowed) -> str:
     if isinstance(value, _Unresolvable):
-        key, why = key, f"cannot be checked ({value.error})"
+        why = f"cannot be checked ({value.error})"
     else:
         key = f"{key}={value}"
     if allowed is TARGETS:  # too many to print: say what they are
@@ -81,9 +81,19 @@ def refusal(key: str, value, why: str, allowed) -> str:
     return f"{key}: {why}; a config may name only {names}; {FIX}"
 
 
-def _inside(path: str, folder: str) -> bool:
-    folder = os.path.realpath(os.path.abspath(folder))
-    return os.path.realpath(os.path.abspath(path)).startswith(folder + os.sep)
+def _inside(path: str, folder: str, or_at: bool = False) -> bool:
+    """Whether `path` lies inside `folder` (or is it, with or_at), links followed."""
+    path, folder = (os.path.realpath(os.path.abspath(p)) for p in (path, folder))
+    return path.startswith(folder + os.sep) or (or_at and path == folder)
+
+
+def _logging_builder(path: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
+    """What a logging key may name, where the key names something dictConfig builds; else None."""
+    if path[-1] == "()":
+        return LOG_FACTORIES
+    if len(path) == 3 and path[2] == "class":
+        return {"handlers": LOG_HANDLER_CLASSES, "formatters": LOG_FORMATTER_CLASSES}.get(path[0])
+    return None
 
 
 def _logging_problems(name: str, section, folder: str) -> List[str]:
@@ -96,22 +106,14 @@ def _logging_problems(name: str, section, folder: str) -> List[str]:
         key = ".".join((name,) + path)
         if isinstance(value, _Unresolvable):
             problems.append(f"{key}: cannot be resolved before the run ({value.error}); {FIX}")
-        elif path[-1] == "()":
-            why = permitted(value, LOG_FACTORIES)
-            if why:
-                problems.append(refusal(key, value, why, LOG_FACTORIES))
         elif isinstance(value, str) and value.startswith("ext://"):
             why = permitted(value[len("ext://"):], LOG_STREAMS)
             if why:
                 problems.append(refusal(key, value, why, [f"ext://{s}" for s in LOG_STREAMS]))
-        elif len(path) == 3 and path[0] == "handlers" and path[2] == "class":
-            why = permitted(value, LOG_HANDLER_CLASSES)
+        elif _logging_builder(path) is not None:
+            why = permitted(value, _logging_builder(path))
             if why:
-                problems.append(refusal(key, value, why, LOG_HANDLER_CLASSES))
-        elif len(path) == 3 and path[0] == "formatters" and path[2] == "class":
-            why = permitted(value, LOG_FORMATTER_CLASSES)
-            if why:
-                problems.append(refusal(key, value, why, LOG_FORMATTER_CLASSES))
+                problems.append(refusal(key, value, why, _logging_builder(path)))
         elif len(path) == 3 and path[0] == "handlers" and path[2] == "filename":
             if not isinstance(value, str) or not _inside(value, folder):
                 problems.append(f"{key}={value}: a log file must lie inside the run's folder ({folder}); "
@@ -134,8 +136,9 @@ def _sweeper_and_launcher_problems(hydra, sweep_dir: Optional[str]) -> List[str]
     if sweep_dir is not None:  # a sweep: its launcher is built
         problems += [f"hydra.launcher.{key}: required and not set; fix: add hydra.launcher.{key}=<value> to the command"
                      for key in sorted(OmegaConf.missing_keys(launcher))]
-    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
-    if sweep_dir is not None and str(launcher.get("_target_", "")).endswith(".SlurmLauncher") and missing:
+    slurm = sweep_dir is not None and str(launcher.get("_target_", "")).endswith(".SlurmLauncher")
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None] if slurm else []
+    if missing:
         problems.append(f"hydra/launcher=slurm: SLURM's {' and '.join(missing)} not on this machine's PATH, so no job could be "
                         "submitted; fix: run the sweep on the cluster's login node, or use hydra/launcher=local_gpus "
                         "(this host's GPUs) or no launcher")
@@ -159,8 +162,7 @@ def _empty_folder_problems(hydra, multirun: bool) -> List[str]:
 
 def _folder_problems(hydra, multirun: bool, output_dir: str) -> List[str]:
     problems = []
-    at_sweep = os.path.realpath(os.path.abspath(output_dir)) == os.path.realpath(os.path.abspath(hydra.sweep.dir))
-    if multirun and not (at_sweep or _inside(output_dir, hydra.sweep.dir)):  # at: a sweep with no overrides
+    if multirun and not _inside(output_dir, hydra.sweep.dir, or_at=True):  # at it: a sweep with no overrides
         problems.append(f"hydra.sweep.subdir={hydra.sweep.subdir}: a job's folder must lie inside the sweep folder "
                         f"({hydra.sweep.dir}); fix: a name without '..' or a leading '/'")
     subdir = hydra.get("output_subdir")
