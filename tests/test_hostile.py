@@ -19,19 +19,10 @@ from qco.models.build import BUILD_MARKER
 from qco.models.source import built_folder, resolve_source
 from qco.run import run
 from qco.validate import check_class_names
+from tests.helpers import error_lines as errors
+from tests.helpers import qco_cli as qco
 
 PLANT = "qco_planted_side_effect"
-
-
-def qco(args, cwd: Path, models: Path, timeout=300):
-    env = {**os.environ, "QCO_MODEL_CACHE": str(models), "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "qco", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def errors(result):
-    return [line for line in result.stderr.splitlines() if line.startswith("qco: error:")]
 
 
 @pytest.mark.parametrize("overrides,key", [

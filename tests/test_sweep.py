@@ -18,13 +18,11 @@ from PIL import Image
 from qco.sweep.aggregate import pareto_front
 from qco.sweep.devices import gpu_lease
 from qco.sweep.job import objectives
+from tests.helpers import qco_cli
 
 
-def qco(args, cwd: Path, models: Path, timeout=600, **kwargs):
-    env = {**os.environ, "QCO_MODEL_CACHE": str(models), "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "qco", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
+def qco(args, cwd: Path, models: Path, timeout=600):
+    return qco_cli(args, cwd, models, timeout=timeout)  # sweeps run longer than single runs
 
 
 def records(sweep: Path) -> dict:
