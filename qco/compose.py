@@ -1,15 +1,20 @@
 """The composer: turns a checked plan into a ready pipeline, in the order that works.
 
-    load (quantization applied at load)  ->  tune  ->  placement or offload  ->  step cache  ->  compile
+    load (quantized at load, or the quantized components kept by an earlier run)  ->  keep them
+    ->  tune  ->  placement or offload  ->  step cache  ->  compile
 
 Warm-up and the measured calls follow in qco/measure.py. Each step calls diffusers' own API."""
 
 import logging
 import time
+from pathlib import Path
+from typing import Optional
 
 import torch
 
 from qco.models.build import pipeline_class
+from qco.models.quantized import keep, load_kept, store_folder
+from qco.offload import follow_quant_state, pin_model_offload
 from qco.plan import PLACE_CALLS, CacheStep, CompileStep, LoadStep, Plan, PlaceStep, TuneStep
 from qco.quantization import bitsandbytes_on_cpu, quantization_config, torchao_config
 
@@ -17,11 +22,18 @@ log = logging.getLogger(__name__)
 
 
 def compose_pipeline(plan: Plan):
-    """Returns the pipeline and the seconds each step took (compiling happens lazily, at the first call)."""
+    """Returns the pipeline, the seconds each step took (compiling happens lazily, at the first call) and
+    what the store of quantized components did."""
     seconds = {}
     start = time.perf_counter()
-    pipe = load_pipeline(plan.load)
+    folder = store_folder(plan.load, plan.model) if plan.load.store and plan.load.quant_components else None
+    pipe, kept = load_pipeline(plan.load, folder)
     seconds["load_s"] = time.perf_counter() - start
+    store = {"folder": str(folder) if folder else None, "loaded": kept}
+    if folder is not None and not kept:  # quantized at load just now: kept for the next run (not timed as load)
+        start = time.perf_counter()
+        store["written"] = keep(folder, pipe, plan.load, plan.model)
+        seconds["keep_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     tune_pipeline(pipe, plan.tune)  # before placement: offload hooks wrap the modules as they will run
@@ -30,21 +42,26 @@ def compose_pipeline(plan: Plan):
 
     enable_step_cache(pipe, plan.cache, plan.tune.component)
     compile_denoiser(pipe, plan.compile)
-    return pipe, seconds
+    return pipe, seconds, store
 
 
-def load_pipeline(load: LoadStep):
+def load_pipeline(load: LoadStep, store: Optional[Path] = None):
+    """The pipeline, and whether its quantized components came from the store (`store`: their folder there;
+    None: quantize at load, keep nothing)."""
     pipeline_cls = pipeline_class(load.pipeline)
     log.info("Loading %s from %s", load.pipeline, load.source)
     with bitsandbytes_on_cpu(load.bitsandbytes_on_cpu):
-        return pipeline_cls.from_pretrained(
+        kept = load_kept(store, load) if store is not None else None
+        pipe = pipeline_cls.from_pretrained(
             load.source,
             dtype=getattr(torch, load.dtype),
-            quantization_config=quantization_config(load),
+            quantization_config=None if kept else quantization_config(load),
             device_map=load.device_map,
             use_safetensors=True,  # never pickle files: loading them can run code
             trust_remote_code=load.trust_remote_code,
+            **(kept or {}),  # components passed in are not loaded again
         )
+    return pipe, kept is not None
 
 
 def tune_pipeline(pipe, tune: TuneStep) -> None:
@@ -86,7 +103,11 @@ def place_pipeline(pipe, place: PlaceStep) -> None:
     log.info("Offloading: pipe.%s(%s)", call, place.kwargs)
     if getattr(pipe, "hf_device_map", None) is not None:
         pipe.reset_device_map()  # loaded with a device_map: offload hooks need it cleared first
+    if place.quant_state_follows:  # before group offload: its hooks then wrap these (qco/offload.py)
+        log.info("bitsandbytes' quantization state follows its weights on %d 4-bit layers", follow_quant_state(pipe))
     getattr(pipe, call)(**place.kwargs)
+    if place.pinned:
+        pin_model_offload(pipe)
 
 
 def compile_denoiser(pipe, step: CompileStep) -> None:

@@ -66,6 +66,7 @@ class QuantConfig:
     kwargs: Dict[str, Any] = field(default_factory=dict)  # arguments of the backend's config
     method: Optional[str] = None  # torchao only: the config class in torchao.quantization
     components: List[str] = field(default_factory=list)
+    store: bool = True  # keep the quantized components (paths.quantized) and load them from there next time
 
 
 @dataclass
@@ -91,6 +92,7 @@ class OffloadConfig:
     record_stream: bool = False
     low_cpu_mem_usage: bool = False
     offload_to_disk_path: Optional[str] = None
+    pin_memory: bool = True  # model offload: one pinned host copy of each weight (qco/offload.py)
 
 
 @dataclass
@@ -143,6 +145,7 @@ class SweepConfig:
 class PathsConfig:
     models: str = MISSING  # where built-from-config models are cached
     references: str = MISSING  # where reference images (nothing applied) are cached
+    quantized: str = MISSING  # where quantized components are kept (qco/models/quantized.py)
 
 
 @dataclass

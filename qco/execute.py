@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from qco.compose import compose_pipeline
 from qco.errors import QcoError
 from qco.measure import (DeviceMemory, HostMemory, Phase, compile_settings, component_sizes_gb, measure_calls,
-                         stats)
+                         measure_transfers, stats)
 from qco.oom import out_of_memory
 from qco.plan import Plan, draft_plan
 from qco.reference import measure_quality
@@ -52,12 +52,12 @@ def measure_run(cfg, plan: Plan, run_dir: Path) -> dict:
                 and "can't allocate memory" not in str(error):
             raise
         setting = run_setting({"config": OmegaConf.to_container(cfg, resolve=True)})
-        raise out_of_memory(error, phase.now, device, host, run_dir, setting) from error
+        raise out_of_memory(error, phase.now, device, host, run_dir, setting, cfg) from error
 
 
 def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
     try:
-        pipe, seconds = compose_pipeline(plan)
+        pipe, seconds, store = compose_pipeline(plan)
     except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError
         refusal = _load_refusal(cfg.model, error)
         if refusal is None:
@@ -72,9 +72,12 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
     with compile_settings(plan.compile.dynamo, plan.compile.inductor):
         measured = measure_calls(pipe, kwargs, run.seed, plan.target.device, run.warmup, run.repeats,
                                  run.steps, phase)
-    memory = {**device.peaks_gb(), "load_peak_allocated_gb": load_memory["peak_allocated_gb"],
-              "load_peak_reserved_gb": load_memory["peak_reserved_gb"], "host_peak_gb": host.peak_gb(),
-              "components_gb": sizes}
+        memory = {**device.peaks_gb(), "load_peak_allocated_gb": load_memory["peak_allocated_gb"],
+                  "load_peak_reserved_gb": load_memory["peak_reserved_gb"], "host_peak_gb": host.peak_gb(),
+                  "components_gb": sizes, "limit_gb": run.memory_limit_gb, "outside_allocator_gb": device.outside_gb()}
+        if plan.place.method is not None and plan.target.is_cuda:  # weights cross the bus at every call
+            phase.now = "the transfer probe call"
+            memory["transfers"] = measure_transfers(pipe, kwargs, run.seed, plan.target.device)
     del pipe  # measured: its memory is free for the reference, if one must be made
     images, videos = [], []
     for index, image in enumerate(measured.images):  # of a video: its first frame, for tables and grids
@@ -93,6 +96,7 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
         },
         "memory": memory,
         "environment": environment(plan.target.device),
+        "quantized_store": store,
         "images": images,
         "videos": videos,
         "quality": quality(cfg, plan, kwargs, measured.images) if run.quality else None,

@@ -23,6 +23,7 @@ class LoadStep:
     device_map: Optional[str] = None  # "cpu" where bitsandbytes must quantize on the CPU
     trust_remote_code: bool = False
     bitsandbytes_on_cpu: bool = False  # lift diffusers' GPU-only check (bitsandbytes itself runs on CPU)
+    store: Optional[str] = None  # where quantized components are kept (paths.quantized); None: not kept
 
 
 @dataclass
@@ -48,6 +49,8 @@ class CacheStep:
 class PlaceStep:
     method: Optional[str]  # None: pipe.to(device); model | sequential | group: the enable_* call
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    pinned: bool = False  # model offload keeps one pinned host copy of each weight (qco/offload.py)
+    quant_state_follows: bool = False  # bitsandbytes' 4-bit quantization state follows its weight (qco/offload.py)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Plan:
     tune: TuneStep = field(default_factory=TuneStep)
     cache: CacheStep = field(default_factory=CacheStep)
     video: bool = False  # the model makes videos (model.video is set)
+    memory_limit_gb: Optional[float] = None  # run.memory_limit_gb: the cap on the GPU's allocator
     notes: List[str] = field(default_factory=list)  # what rules adjusted, and why
 
     def as_dict(self) -> dict:
@@ -87,6 +91,8 @@ class Plan:
         if load.quant_backend and load.quant_components:  # (a rule may move the denoiser's to after fusion)
             what = load.quant_method or load.quant_backend
             quant = f"quantized at load: {what} on {', '.join(load.quant_components)}"
+        if load.store and load.quant_components:
+            quant += f"; kept in {load.store} and loaded from there once kept"
         lines = [f"load     {load.pipeline}.from_pretrained({load.source or self.model}, dtype={load.dtype}"
                  f"{', device_map=' + load.device_map if load.device_map else ''})  [{quant}]"]
         tune = self.tune
@@ -105,7 +111,11 @@ class Plan:
         elif self.place.method is None:
             lines.append(f"place    pipe.to({self.place.kwargs['device']})")
         else:
-            lines.append(f"place    pipe.{PLACE_CALLS[self.place.method]}({_kwargs(self.place.kwargs)})")
+            extras = [text for flag, text in ((self.place.pinned, "pinned host copies"),
+                                              (self.place.quant_state_follows, "4-bit quantization state follows "
+                                               "its weights")) if flag]
+            lines.append(f"place    pipe.{PLACE_CALLS[self.place.method]}({_kwargs(self.place.kwargs)})"
+                         + (f"  [{'; '.join(extras)}]" if extras else ""))
         if self.cache.method is not None:
             lines.append(f"cache    pipe.{tune.component}.enable_cache({self.cache.method}({_kwargs(self.cache.kwargs)}))")
         if self.compile.method is not None:
@@ -141,6 +151,7 @@ def draft_plan(cfg, target: Target) -> Plan:
         quant_kwargs=OmegaConf.to_container(quant.kwargs, resolve=True),
         quant_components=list(quant.components) if quant.backend else [],
         trust_remote_code=cfg.model.trust_remote_code,
+        store=cfg.paths.quantized if quant.backend and quant.store else None,
     )
     if offload.method is None:
         place = PlaceStep(None, {"device": target.device})
@@ -158,7 +169,8 @@ def draft_plan(cfg, target: Target) -> Plan:
     else:
         # the execution device is named even on a CPU: enable_model_cpu_offload() alone refuses
         # without an accelerator, with device="cpu" its hooks attach and fire (findings.md)
-        place = PlaceStep(offload.method, {"device": target.device})
+        place = PlaceStep(offload.method, {"device": target.device}, pinned=offload.method == "model"
+                          and offload.pin_memory)
     compile_step = CompileStep(method=comp.method, component=cfg.model.denoiser)
     if comp.method is not None:
         compile_step.kwargs = {"mode": comp.mode, "fullgraph": comp.fullgraph, "dynamic": comp.dynamic}
@@ -178,4 +190,5 @@ def draft_plan(cfg, target: Target) -> Plan:
                       vae_channels_last=cfg.tweaks.vae_channels_last, attention_backend=cfg.attention.backend),
         cache=CacheStep(cfg.cache.method, OmegaConf.to_container(cfg.cache.kwargs, resolve=True)),
         video=cfg.model.video is not None,
+        memory_limit_gb=cfg.run.memory_limit_gb,
     )

@@ -82,7 +82,7 @@ def generate_reference(plan: Plan, kwargs: dict, seed: int) -> List[Image.Image]
 
     load = LoadStep(pipeline=plan.load.pipeline, source=plan.load.source, dtype=plan.load.dtype,
                     trust_remote_code=plan.load.trust_remote_code)
-    pipe = load_pipeline(load)
+    pipe, _ = load_pipeline(load)
     device = plan.target.device
     try:
         pipe.to(device)

@@ -106,9 +106,9 @@ def check_values(cfg) -> List[str]:
                         f"fix: run.steps={_steps_max(model)} or fewer (28-50 is usual)")
     if not 0 <= run.seed <= SEED_MAX:
         problems.append(f"run.seed={run.seed}: torch's generator takes 0 to {SEED_MAX}; fix: run.seed=0")
-    for key, value in (("paths.models", cfg.paths.models), ("paths.references", cfg.paths.references)):
-        if not str(value or "").strip():
-            variable = {"paths.models": "QCO_MODEL_CACHE", "paths.references": "QCO_REFERENCE_CACHE"}[key]
+    for key, variable in (("paths.models", "QCO_MODEL_CACHE"), ("paths.references", "QCO_REFERENCE_CACHE"),
+                          ("paths.quantized", "QCO_QUANTIZED_CACHE")):
+        if not str(cfg.paths[key.split(".")[1]] or "").strip():
             problems.append(f"{key}='': an empty folder, so files would be written into the current one (is "
                             f"{variable} set to ''?); fix: unset {variable}, or give a folder: {key}=/data/qco")
     if run.warmup < 0:

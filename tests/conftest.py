@@ -2,6 +2,7 @@
 tests and tiny-model builds are paid once; Hydra's global state is cleared after each compose."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(REPO / ".pytest_cache" / "i
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach a hub in tests
 # reference images (quality) are cached per setting; runs in subprocesses find the same cache
 os.environ.setdefault("QCO_REFERENCE_CACHE", str(REPO / ".pytest_cache" / "references"))
+# quantized components: each test session starts without any, so a test sees the first run quantize
+os.environ.setdefault("QCO_QUANTIZED_CACHE", tempfile.mkdtemp(prefix="qco-quantized-"))
 
 register_configs()
 

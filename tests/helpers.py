@@ -22,7 +22,7 @@ QUANTIZED_LAYER = {"nf4": bnb.nn.Linear4bit, "fp4": bnb.nn.Linear4bit, "int8": b
 def build(cfg):
     plan = check_and_plan(cfg)
     plan.load.source = resolve_source(cfg.model, cfg.paths.models)
-    pipe, _ = compose_pipeline(plan)
+    pipe, _, _ = compose_pipeline(plan)
     return plan, pipe
 
 

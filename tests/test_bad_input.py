@@ -209,7 +209,8 @@ def test_bad_input_leaves_earlier_outputs_alone(tmp_path):
 
 
 @pytest.mark.parametrize("variable,key", [("QCO_MODEL_CACHE", "paths.models"),
-                                          ("QCO_REFERENCE_CACHE", "paths.references")])
+                                          ("QCO_REFERENCE_CACHE", "paths.references"),
+                                          ("QCO_QUANTIZED_CACHE", "paths.quantized")])
 def test_an_empty_store_folder_is_refused(variable, key, tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()

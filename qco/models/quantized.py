@@ -1,0 +1,128 @@
+"""The store of quantized components: what a run quantized at load is saved once with the component's own
+save_pretrained (safetensors), and later runs of the same source and settings load it directly, with no
+second quantization. A folder is named by a hash of everything that determines its content (the source's
+files, the quantization settings, the dtype, the libraries' versions), so a change is a new folder, never a
+stale load; a folder cut short or altered since it was written is removed and written again."""
+
+import hashlib
+import json
+import logging
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Dict, Optional
+
+from qco.errors import WRITE_ERRORS
+from qco.models.build import BUILD_MARKER, VERIFIED, _fingerprint, build_lock, component_class, damage, sha256_of
+from qco.plan import LoadStep
+from qco.report import write_folder_atomic
+
+log = logging.getLogger(__name__)
+
+LIBRARIES = ("torch", "diffusers", "transformers", "bitsandbytes", "torchao", "safetensors")
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _source_files(load: LoadStep) -> Optional[Path]:
+    """The local folder the pipeline loads from (a built model, model.path, or a hub model's cached snapshot),
+    or None where its files are not on this machine yet."""
+    source = Path(load.source).expanduser()
+    if source.is_dir():
+        return source
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(load.source, "model_index.json")
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def store_key(load: LoadStep, model: str) -> Optional[dict]:
+    """Everything the quantized components depend on; None where the source cannot be identified."""
+    folder = _source_files(load)
+    if folder is None:
+        return None
+    files = {str(p.relative_to(folder)): [p.stat().st_size, p.stat().st_mtime_ns]
+             for component in sorted(load.quant_components) for p in sorted((folder / component).rglob("*"))
+             if p.is_file()}
+    return {"model": model, "source": str(folder.resolve()), "source_files": files, "dtype": load.dtype,
+            "backend": load.quant_backend, "method": load.quant_method, "kwargs": load.quant_kwargs,
+            "components": sorted(load.quant_components),
+            "versions": {name: _version(name) for name in LIBRARIES}}
+
+
+def store_folder(load: LoadStep, model: str) -> Optional[Path]:
+    key = store_key(load, model)
+    if key is None:
+        return None
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(load.store).expanduser() / f"{model}-{load.quant_method or load.quant_backend}-{digest}"
+
+
+def load_kept(folder: Path, load: LoadStep) -> Optional[Dict[str, object]]:
+    """The kept components, loaded pre-quantized (to the CPU where the plan loads there), or None where
+    none are kept; a damaged folder is removed (and written again by keep())."""
+    if not folder.is_dir():
+        return None
+    with build_lock(folder):
+        problem = damage(folder) if folder.is_dir() else "gone"
+        if problem:
+            log.warning("The kept quantized components in %s are damaged (%s): quantizing again", folder, problem)
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        classes = json.loads((folder / BUILD_MARKER).read_text())["classes"]
+    log.info("Loading the quantized %s kept in %s (no quantization)", ", ".join(sorted(classes)), folder)
+    components = {}
+    for name, class_name in classes.items():
+        cls = component_class(class_name)  # diffusers or transformers model classes only
+        if cls is None:
+            raise ValueError(f"{folder / BUILD_MARKER}: {class_name} is not a model class of diffusers or transformers")
+        kwargs = {"device_map": load.device_map} if load.device_map else {}
+        components[name] = cls.from_pretrained(folder / name, dtype=_dtype(load.dtype), use_safetensors=True,
+                                               **kwargs)
+    return components
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def keep(folder: Path, pipe, load: LoadStep, model: str) -> bool:
+    """Save the pipeline's quantized components into the store, atomically; True when they are there.
+    A store that cannot be written (read-only, full) costs the next run a quantization, not this run."""
+    key = store_key(load, model)
+
+    def save(staging: Path) -> None:
+        classes = {}
+        for name in load.quant_components:
+            component = getattr(pipe, name)
+            component.save_pretrained(staging / name, safe_serialization=True)
+            classes[name] = type(component).__name__
+        files = {str(p.relative_to(staging)): {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
+                 for p in sorted(staging.rglob("*")) if p.is_file()}
+        (staging / BUILD_MARKER).write_text(json.dumps({"key": key, "classes": classes, "files": files},
+                                                       indent=1, default=str))
+        (staging / VERIFIED).write_text(json.dumps({name: _fingerprint(staging / name) for name in files}))
+
+    try:
+        with build_lock(folder):
+            write_folder_atomic(folder, save, finished=lambda kept: (kept / BUILD_MARKER).is_file())
+    except OSError as error:
+        if error.errno not in WRITE_ERRORS:
+            raise
+        log.warning("The quantized components were not kept (%s: %s): the next run quantizes again; fix: point "
+                    "paths.quantized (or QCO_QUANTIZED_CACHE) at a writable folder", error.strerror,
+                    error.filename or folder)
+        return False
+    except Exception as error:  # noqa: BLE001 - a library that cannot serialize its tensors: the run stands
+        log.warning("The quantized components were not kept (%s: %s): the next run quantizes again",
+                    type(error).__name__, error)
+        return False
+    log.info("Kept the quantized %s in %s", ", ".join(load.quant_components), folder)
+    return True
