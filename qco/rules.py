@@ -72,6 +72,11 @@ def _bitsandbytes_cpu_load(plan: Plan) -> str:
     return "quantize on the CPU: device_map=cpu, diffusers' GPU-only check lifted"
 
 
+def _quant_state_follows(plan: Plan) -> str:
+    plan.place.quant_state_follows = True
+    return "bitsandbytes' 4-bit quantization state follows its weights"
+
+
 def _channels_last_off(plan: Plan) -> str:
     plan.compile.channels_last = False
     return "compile.channels_last: true -> false"
@@ -156,16 +161,20 @@ RULES: List[Rule] = [
                 "size 2048==64; torch 2.13 + bitsandbytes 0.50.2, full and regional alike); "
                 "mode max-autotune runs",
          fix="compile=max_autotune or compile.mode=max-autotune, or quant=int8 / torchao_int8wo"),
-    Rule("bitsandbytes_block_group_offload",
-         when=lambda p: _bitsandbytes(p) and p.target.is_cuda and p.place.method == "group"
-         and p.place.kwargs["offload_type"] == "block_level",
-         reason="block-level group offloading moves whole blocks with module.to() one way (which moves "
-                "bitsandbytes' quantization state, kept in attributes of each weight) and only the weights' "
-                "storage (param.data) the other, so the state is left on the CPU under weights on the GPU: "
-                "nf4/fp4 fail with CUBLAS_STATUS_EXECUTION_FAILED or an illegal memory access, int8 with "
-                "'Expected a cuda device, but got: cpu' (streams on or off; diffusers 0.42.1, bitsandbytes "
-                "0.50.2, H200: benchmarks/results/gpu_matrix.md)",
-         fix="offload=group_leaf (leaf level with streams runs), or offload=model (the seed's choice for images)"),
+    Rule("memory_cap_needs_cuda",
+         when=lambda p: p.memory_limit_gb is not None and not p.target.is_cuda,
+         reason="run.memory_limit_gb caps the CUDA caching allocator, and a CPU run has none: the cap would "
+                "not hold, and the run would claim a fit that was never tested",
+         fix="run.memory_limit_gb=null on a CPU (its host memory is recorded as host_peak_gb), or run.device=cuda"),
+    Rule("bitsandbytes_int8_block_group_offload",
+         when=lambda p: p.load.quant_backend == "bitsandbytes_8bit" and p.target.is_cuda
+         and p.place.method == "group" and p.place.kwargs["offload_type"] == "block_level",
+         reason="block-level group offload moves the blocks' weights' storage (param.data) one way and whole "
+                "modules (module.to) the other, and bitsandbytes' int8 keeps its scales (SCB) in an attribute "
+                "beside each weight, which is left on the CPU: 'Expected a cuda device, but got: cpu' (streams on "
+                "or off; diffusers 0.42.1, bitsandbytes 0.50.2, H200: benchmarks/results/gpu_matrix.md); the "
+                "4-bit types run, their state follows the weights (bitsandbytes_4bit_state_follows_weights)",
+         fix="offload=group_leaf with int8 (leaf level with streams runs), or quant=nf4 with group_block"),
     Rule("bitsandbytes_4bit_sequential_offload",
          when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and p.target.is_cuda
          and p.place.method == "sequential",
@@ -210,6 +219,14 @@ RULES: List[Rule] = [
          adjust=_vae_channels_last_off,
          reason="a video VAE's convolutions are 3-D, with 5-D weights, and channels_last is a layout of 4-D "
                 "tensors (RuntimeError: required rank 4 tensor to use channels_last format; AutoencoderKLWan)"),
+    Rule("bitsandbytes_4bit_state_follows_weights",
+         when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and p.place.method == "group",
+         adjust=_quant_state_follows,
+         reason="group offload moves each weight's storage (param.data) but not bitsandbytes' quantization state "
+                "(absmax, code), an attribute beside it, so a weight could reach the GPU without its state "
+                "(CUBLAS_STATUS_EXECUTION_FAILED at block level, H200); a hook inside group offload's moves the "
+                "state to the weight's device before each 4-bit layer runs, where it then stays (its size is "
+                "about 1/32 of the weight's)"),
     Rule("streams_where_cuda",
          when=lambda p: p.place.method == "group" and p.place.kwargs["use_stream"] is None,
          adjust=_stream_where_cuda,
@@ -219,6 +236,13 @@ RULES: List[Rule] = [
          adjust=_bitsandbytes_cpu_load,
          reason="bitsandbytes >= 0.48 runs nf4/fp4/int8 on CPU, but diffusers refuses without a GPU "
                 "('No GPU found') and quantizes on a GPU unless the weights are placed on the CPU at load"),
+    Rule("bitsandbytes_4bit_loads_on_the_cpu_when_offloading",
+         when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and p.target.is_cuda and _offloading(p),
+         adjust=_bitsandbytes_cpu_load,
+         reason="offloaded weights live on the CPU, but bitsandbytes quantizes onto the GPU, so every quantized "
+                "component would first be whole on the GPU (10.35 GB for Flux at load: more than a small card "
+                "has); on the CPU it is slower (Flux: 124.5 s against about 9 s on an H100), once: the "
+                "quantized components are kept (paths.quantized) and later runs load them"),
     Rule("no_fullgraph_across_offload_hooks",
          when=lambda p: _compiling(p) and _offloading(p) and p.compile.kwargs.get("fullgraph"),
          adjust=_fullgraph_off,

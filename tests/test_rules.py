@@ -28,10 +28,31 @@ def test_card_example_on_gpu_drops_fullgraph_and_raises_recompile_limit(make_cfg
     plan = plan_for(make_cfg, H200, "quant=nf4", "compile=max_autotune", "offload=model")
     assert plan.compile.kwargs == {"mode": "max-autotune", "fullgraph": False, "dynamic": None}
     assert plan.compile.dynamo == {"capture_dynamic_output_shape_ops": True, "cache_size_limit": 1000}
-    assert plan.load.device_map is None and not plan.load.bitsandbytes_on_cpu  # quantized on the GPU
-    assert plan.place.method == "model" and plan.place.kwargs == {"device": "cuda:0"}
+    # offloaded weights live on the CPU: quantized there (once; then kept), never whole on the GPU first
+    assert plan.load.device_map == "cpu" and plan.load.bitsandbytes_on_cpu
+    assert plan.place.method == "model" and plan.place.kwargs == {"device": "cuda:0"} and plan.place.pinned
     assert [note.split(" (")[0] for note in plan.notes] == [
+        "quantize on the CPU: device_map=cpu, diffusers' GPU-only check lifted",
         "compile.fullgraph: true -> false", "compile.dynamo += {'cache_size_limit': 1000}"]
+
+
+def test_without_offload_bitsandbytes_quantizes_on_the_gpu(make_cfg):
+    plan = plan_for(make_cfg, H200, "quant=nf4")
+    assert plan.load.device_map is None and not plan.load.bitsandbytes_on_cpu
+    assert plan.load.store and plan.load.quant_components  # kept for the next run either way
+
+
+def test_model_offload_pins_unless_told_not_to(make_cfg):
+    assert plan_for(make_cfg, H200, "offload=model").place.pinned
+    assert not plan_for(make_cfg, H200, "offload=model", "offload.pin_memory=false").place.pinned
+    assert not plan_for(make_cfg, H200, "offload=group_block").place.pinned  # group offload pins by itself
+
+
+@pytest.mark.parametrize("offload", ["group_block", "group_leaf"])
+def test_four_bit_state_follows_its_weights_under_group_offload(offload, make_cfg):
+    plan = plan_for(make_cfg, H200, "quant=nf4", f"offload={offload}")
+    assert plan.place.quant_state_follows and plan.load.device_map == "cpu"
+    assert not plan_for(make_cfg, H200, "quant=nf4", "offload=model").place.quant_state_follows
 
 
 def test_compile_without_offload_keeps_fullgraph(make_cfg):
@@ -48,8 +69,9 @@ def test_group_offload_streams_follow_the_device(make_cfg):
 
 
 @pytest.mark.parametrize("target,overrides,rule", [
-    (H200, ["quant=nf4", "offload=group_block"], "bitsandbytes_block_group_offload"),
-    (H200, ["quant=int8", "offload=group_block", "offload.use_stream=false"], "bitsandbytes_block_group_offload"),
+    (H200, ["quant=int8", "offload=group_block"], "bitsandbytes_int8_block_group_offload"),
+    (H200, ["quant=int8", "offload=group_block", "offload.use_stream=false"], "bitsandbytes_int8_block_group_offload"),
+    (CPU, ["run.memory_limit_gb=4"], "memory_cap_needs_cuda"),
     (H200, ["quant=fp4", "offload=sequential"], "bitsandbytes_4bit_sequential_offload"),
     (AMPERE, ["quant=torchao_fp8"], "fp8_needs_sm89"),
     (CPU, ["quant=torchao_fp8"], "fp8_needs_sm89"),
@@ -67,6 +89,8 @@ def test_refusals(target, overrides, rule, make_cfg):
 
 @pytest.mark.parametrize("target,overrides", [
     (H200, ["quant=nf4", "offload=group_leaf"]),  # leaf level with streams runs (gpu_matrix.md)
+    (H200, ["quant=nf4", "offload=group_block", "run.memory_limit_gb=4"]),  # the state follows its weights
+    (H200, ["quant=int8", "offload=group_leaf"]),  # leaf level with streams runs (gpu_matrix.md)
     (H200, ["quant=int8", "offload=sequential"]),
     (H200, ["quant=nf4", "offload=model"]),
     (H200, ["quant=torchao_fp8", "compile=max_autotune"]),
