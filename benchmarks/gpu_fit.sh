@@ -1,31 +1,40 @@
 #!/usr/bin/env bash
-# Fitting the card (issue 12): the leanest preset under a 4 GB cap, beside it without the cap and nf4 with
-# model offload. FLUX.1-dev architecture with random weights, 1024x1024, 28 steps, 1 warm-up + 2 timed
-# calls, each row in its own process. results/fit_h100 was made at commit 70cc8d8, whose rule quantized
-# bitsandbytes on the CPU for these rows (reverted after: benchmarks/README.md says why).
+# Fitting the card (issue 12): each memory claim run under a hard cap (run.memory_limit_gb caps the CUDA
+# caching allocator's reserve from before loading), beside the row it is compared with, on one machine.
+# FLUX.1-dev architecture with random weights and its text encoders, 1024x1024, 28 steps, 1 warm-up + 2
+# timed calls, each row in its own process, one after the other. Rows that move weights add one untimed
+# call under torch's profiler to record the GB they move per call and at what speed.
 # Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_fit.sh OUT_DIR [ROW ...]
 set -u
 out=${1:?usage: gpu_fit.sh OUT_DIR [ROW ...]}; shift
 export QCO_MODEL_CACHE=${QCO_MODEL_CACHE:-/tmp/qco-models}
+export QCO_QUANTIZED_CACHE=${QCO_QUANTIZED_CACHE:-/tmp/qco-quantized}
 declare -A rows=(
-  [leanest_cap4]="experiment=leanest_flux run.memory_limit_gb=4"   # the claim: the whole pipeline in 4 GB
-  [leanest]="experiment=leanest_flux"                              # the same without a cap
-  [nf4_model]="quant=nf4 offload=model"                            # model offload, now quantized on the CPU
-  # torchao's tensors move whole under group offload (diffusers swaps them), and diffusers quantizes
-  # them where it loads them: on the CPU
-  [int8wo_block_cap4]="quant=torchao_int8wo offload=group_block run.memory_limit_gb=4"
-  [int8wo_leaf_cap4]="quant=torchao_int8wo offload=group_leaf run.memory_limit_gb=4"
-  # without a stream group offload pins no copies (torchao 0.17's AffineQuantizedTensor has no is_pinned)
-  [int8wo_block_nostream_cap4]="quant=torchao_int8wo offload=group_block offload.use_stream=false run.memory_limit_gb=4"
+  # the store of quantized components: the first run quantizes (on the GPU) and keeps them, the second loads them
+  [nf4_first]="quant=nf4"
+  [nf4_second]="quant=nf4"
+  # the leanest: block-level and leaf-level group offload of the nf4 pipeline under a 4 GB cap
+  [leanest_block_cap4]="experiment=leanest_flux offload=group_block run.memory_limit_gb=4"
+  [leanest_leaf_cap4]="experiment=leanest_flux offload=group_leaf run.memory_limit_gb=4"
+  # model offload under an 8 GB cap, from pinned host copies (qco's default) and from pageable ones (accelerate's)
+  [nf4_model_cap8]="quant=nf4 offload=model run.memory_limit_gb=8"
+  [nf4_model_pageable_cap8]="quant=nf4 offload=model offload.pin_memory=false run.memory_limit_gb=8"
+  # the card's example: nf4 + max_autotune with model offload under 8 GB, and without offload
+  [nf4_autotune]="quant=nf4 compile=max_autotune"
+  [nf4_autotune_model_cap8]="quant=nf4 compile=max_autotune offload=model run.memory_limit_gb=8"
+  # Wan 2.1 14B (random weights, text encoder included), nf4 and block-level group offload under 8 GB
+  [wan14b_nf4_block_cap8]="model=wan21_t2v_14b_random quant=nf4 offload=group_block run.memory_limit_gb=8"
 )
-order=(leanest_cap4 leanest nf4_model)
+order=(nf4_first nf4_second leanest_block_cap4 leanest_leaf_cap4 nf4_model_cap8 nf4_model_pageable_cap8)
 [ $# -gt 0 ] && order=("$@")
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/machine.txt"
 for name in "${order[@]}"; do
-  echo "=== $name: ${rows[$name]}"
+  args=${rows[$name]}
+  case "$args" in model=*) ;; *) args="model=flux_dev_random $args" ;; esac
+  echo "=== $name: python -m qco $args run.device=cuda run.repeats=2 run.quality=false"
   start=$(date +%s)
-  timeout "${QCO_ROW_TIMEOUT:-240}" python -m qco ${rows[$name]} model=flux_dev_random run.device=cuda run.repeats=2 \
+  timeout "${QCO_ROW_TIMEOUT:-480}" python -m qco $args run.device=cuda run.repeats=2 \
     run.quality=false "hydra.run.dir=$out/$name" > "$out/$name.log" 2>&1
   echo "exit $? after $(( $(date +%s) - start )) s"
   python - "$out/$name/results.json" <<'PY'
@@ -35,12 +44,18 @@ try:
 except (OSError, ValueError) as error:
     sys.exit(f"no record: {error}")
 m, t = r.get("memory", {}), r.get("timings", {})
-print(r["status"], (r.get("reason") or "")[:300])
+print(r["status"], (r.get("reason") or "")[:400])
 if r["status"] == "ok":
-    print(f"latency {t['latency_s']['mean']:.3f} s, load {t['load_s']:.1f} s, place {t['place_s']:.1f} s, "
+    store = r.get("quantized_store") or {}
+    print(f"latency {t['latency_s']['mean']:.3f} s (+- {t['latency_s']['stdev']:.3f}), load {t['load_s']:.1f} s "
+          f"({'loaded the kept quantized components' if store.get('loaded') else 'quantized at load'}"
+          f"{', then kept them in %.1f s' % t['keep_s'] if 'keep_s' in t else ''}), place {t['place_s']:.1f} s, "
           f"first call {t['first_call_s']:.1f} s")
-    print(f"calls: peak allocated {m['peak_allocated_gb']:.2f} GB, reserved {m['peak_reserved_gb']:.2f} GB; "
-          f"load: allocated {m['load_peak_allocated_gb']:.2f} GB, reserved {m['load_peak_reserved_gb']:.2f} GB; "
+    print(f"cap {m.get('limit_gb')} GB; calls: peak allocated {m['peak_allocated_gb']:.2f} GB, reserved "
+          f"{m['peak_reserved_gb']:.2f} GB; load: allocated {m['load_peak_allocated_gb']:.2f} GB, reserved "
+          f"{m['load_peak_reserved_gb']:.2f} GB; outside the allocator {m.get('outside_allocator_gb') or 0:.2f} GB; "
           f"host {m['host_peak_gb']:.1f} GB")
+    for way, moved in (m.get("transfers") or {}).items():
+        print(f"{way}: {moved}")
 PY
-done 2>&1 | tee "$out/summary.txt"
+done 2>&1 | tee -a "$out/summary.txt"

@@ -1,7 +1,9 @@
 """Timing and memory probes: warm-up, timed calls with per-step times, peak device and host memory."""
 
 import contextlib
+import json
 import os
+import tempfile
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -124,6 +126,37 @@ def measure_calls(pipe, call_kwargs: dict, seed: int, device: str, warmup: int, 
     return result
 
 
+def measure_transfers(pipe, call_kwargs: dict, seed: int, device: str) -> dict:
+    """One more call (untimed) under torch's profiler, CUDA activity only: how many GB the copies between
+    host and GPU moved in it, each way, and at what speed (their bytes over the time the copy engine spent on
+    them), by the kind of host memory (pinned or pageable). Says why a row that moves weights is slow."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with tempfile.TemporaryDirectory() as folder:
+        with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+            pipe(**call_kwargs, generator=torch.Generator("cpu").manual_seed(seed))
+            synchronize(device)
+        trace = Path(folder) / "trace.json"
+        profiler.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text()).get("traceEvents", [])
+    copies = [e for e in events if e.get("cat") == "gpu_memcpy" and "bytes" in e.get("args", {})]
+    if not copies:
+        return {"error": "the profiler's trace has no host-device copies"}
+    result = {}
+    for direction in ("HtoD", "DtoH"):
+        chosen = [e for e in copies if direction in e["name"]]
+        seconds = sum(e["dur"] for e in chosen) / 1e6  # the trace's durations are in microseconds
+        moved = sum(e["args"]["bytes"] for e in chosen) / GB
+        kinds = {}
+        for event in chosen:  # e.g. "Memcpy HtoD (Pinned -> Device)"
+            kind = event["name"].split("(")[-1].rstrip(")") if "(" in event["name"] else event["name"]
+            kinds[kind] = kinds.get(kind, 0.0) + event["args"]["bytes"] / GB
+        result["to_gpu" if direction == "HtoD" else "from_gpu"] = {
+            "gb_per_call": moved, "gb_per_s": moved / seconds if seconds else None, "copies": len(chosen),
+            "gb_by_kind": kinds}
+    return result
+
+
 class DeviceMemory:
     """Peak allocated and reserved memory of the CUDA caching allocator, per phase."""
 
@@ -148,6 +181,14 @@ class DeviceMemory:
 
     def name(self) -> str:
         return torch.cuda.get_device_name(self.device)
+
+    def outside_gb(self) -> Optional[float]:
+        """GPU memory in use on the device that the caching allocator did not reserve: the CUDA context,
+        cuBLAS/cuDNN workspaces, other processes. A card needs it beside the capped reserve."""
+        if not self.device:
+            return None
+        free, total = torch.cuda.mem_get_info(self.device)
+        return max(0.0, (total - free - torch.cuda.memory_reserved(self.device)) / GB)
 
     def peaks_gb(self) -> Dict[str, float]:
         if not self.device:

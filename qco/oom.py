@@ -1,5 +1,5 @@
-"""The one line for a run that ran out of memory: the phase, the peak reached, and what would fit,
-from the combinations of the same sweep that ran where they are known."""
+"""The one line for a run that ran out of memory: the phase, the peak reached, the next steps that need less
+memory than what this run already uses, and the combinations of the same sweep that fit, where known."""
 
 from pathlib import Path
 from typing import List
@@ -9,8 +9,44 @@ import torch
 from qco.errors import OutOfMemory
 from qco.sweep.aggregate import read_rows
 
-GENERIC_FIX = ("fix: quantize (quant=nf4: weights about 3.6x smaller than bf16), offload (offload=model, or "
-               "offload=group_leaf for the least GPU memory), or lower run.height/run.width/run.batch")
+# from the most GPU memory to the least: each keeps less of the model on the GPU at once
+OFFLOAD_LADDER = [
+    ("none", "the whole pipeline on the GPU"),
+    ("model", "offload=model: one component on the GPU at a time"),
+    ("group_block", "offload=group_block: one block of the denoiser at a time"),
+    ("group_leaf", "offload=group_leaf: one layer at a time, the least GPU memory"),
+]
+FOUR_BIT = ("bitsandbytes_4bit",)
+
+
+def next_steps(cfg, phase: str) -> List[str]:
+    """What would take less memory than this run, one step per kind, never what it already uses."""
+    steps = []
+    quant, model = cfg.quant, cfg.model
+    if quant.backend is None:
+        steps.append("quant=nf4 (weights about 3.6x smaller than bf16)")
+    elif quant.backend not in FOUR_BIT:
+        steps.append(f"quant=nf4 (4-bit: about half the bytes of {quant.name})")
+    elif set(model.quantize) - set(quant.components):
+        steps.append(f"quant.components=[{','.join(model.quantize)}] (quantize "
+                     f"{', '.join(sorted(set(model.quantize) - set(quant.components)))} too)")
+    names = [name for name, _ in OFFLOAD_LADDER]
+    current = cfg.offload.name if cfg.offload.name in names else None
+    if current is not None and names.index(current) + 1 < len(names):
+        steps.append(OFFLOAD_LADDER[names.index(current) + 1][1])
+    elif current is None and cfg.offload.method == "sequential" and quant.backend is None:
+        steps.append("quant=nf4 with offload=group_leaf")
+    if "call" in phase:  # activations: they grow with the size of what is made, not with the weights
+        run = cfg.run
+        if run.batch > 1:
+            steps.append(f"run.batch=1 (now {run.batch})")
+        elif run.frames:
+            steps.append(f"fewer frames (run.frames={max(1, run.frames // 2 // 4 * 4 + 1)}, now {run.frames})")
+        else:
+            half = model.size_multiple * max(1, run.height // 2 // model.size_multiple)
+            width = model.size_multiple * max(1, run.width // 2 // model.size_multiple)
+            steps.append(f"a smaller image (run.height={half} run.width={width}, now {run.height}x{run.width})")
+    return steps
 
 
 def fitting_in_sweep(run_dir: Path, setting: str, capacity_gb: float, key: str) -> List[str]:
@@ -23,15 +59,28 @@ def fitting_in_sweep(run_dir: Path, setting: str, capacity_gb: float, key: str) 
             for row in sorted(rows, key=lambda row: row["latency_s"])]
 
 
-def out_of_memory(error: BaseException, phase: str, device, host, run_dir: Path, setting: str) -> OutOfMemory:
+def out_of_memory(error: BaseException, phase: str, device, host, run_dir: Path, setting: str, cfg) -> OutOfMemory:
     if not isinstance(error, torch.OutOfMemoryError):  # MemoryError, or torch's CPU allocator
         where = f"out of host memory during {phase} ({host.peak_gb():.1f} GB resident at the peak)"
         fits = fitting_in_sweep(run_dir, setting, host.total_gb(), "host_peak_gb")
+        # offloading would need more host memory, not less; smaller weights and activations need less
+        steps = [step for step in next_steps(cfg, phase) if not step.startswith("offload=")]
     else:
         peaks = device.peaks_gb()
         capacity = device.capacity_gb()
-        where = (f"out of GPU memory during {phase}: {peaks['peak_allocated_gb']:.1f} GB allocated at the peak, "
-                 f"{capacity:.1f} GB usable on {device.name()}")
-        fits = fitting_in_sweep(run_dir, setting, capacity, "peak_allocated_gb")
-    advice = f"in this sweep these fit: {'; '.join(fits[:4])}" if fits else GENERIC_FIX
-    return OutOfMemory(f"{where}; {advice}")
+        cap = f" (capped by run.memory_limit_gb={device.limit_gb})" if device.limit_gb else ""
+        where = (f"out of GPU memory during {phase}: {peaks['peak_allocated_gb']:.1f} GB allocated and "
+                 f"{peaks['peak_reserved_gb']:.1f} GB reserved at the peak, {capacity:.1f} GB usable on "
+                 f"{device.name()}{cap}")
+        # the reserve is what a cap bounds, so a row fits where its reserve did
+        fits = fitting_in_sweep(run_dir, setting, capacity, "peak_reserved_gb")
+        steps = next_steps(cfg, phase)
+    advice = []
+    if steps:
+        advice.append(f"fix: {'; or '.join(steps)}")
+    if fits:
+        advice.append(f"in this sweep these fit: {'; '.join(fits[:4])}")
+    if not advice:
+        advice.append("fix: this run already uses the leanest options qco has; a larger GPU, or lower "
+                      "run.height/run.width")
+    return OutOfMemory(f"{where}; {'; '.join(advice)}")
