@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 class PinnedCpuOffload(CpuOffload):
     """accelerate's CpuOffload with another offload: each tensor's data is pointed back at its pinned host
-    copy (made at the first offload, kept for the pipeline's life) and the GPU copy is dropped. The onload
-    (accelerate's pre_forward, module.to(device)) then copies from pinned memory, at the bus's speed."""
+    copy (made at the first offload, kept for the pipeline's life) and the GPU copy is dropped: weights do
+    not change on the GPU during inference. The onload (accelerate's pre_forward, module.to(device)) then
+    copies from pinned memory, at the bus's speed."""
 
     def __init__(self, execution_device, prev_module_hook, home: Dict[torch.Tensor, torch.Tensor]):
         super().__init__(execution_device=execution_device, prev_module_hook=prev_module_hook)
@@ -30,12 +31,20 @@ class PinnedCpuOffload(CpuOffload):
     def init_hook(self, module):
         for tensor in itertools.chain(module.parameters(), module.buffers()):
             home = self.home.get(tensor)
-            if home is None:
-                home = tensor.data.to("cpu")
-                home = home.pin_memory() if torch.cuda.is_available() else home  # nothing to pin without CUDA
-                self.home[tensor] = home
+            if tensor.device.type == "cpu" and (home is None or tensor.data.data_ptr() != home.data_ptr()):
+                # never moved, or changed on the host (bitsandbytes repacks 4-bit weights for its CPU kernel in
+                # the first forward): what it holds now is its home
+                home = self.home[tensor] = _pinned(tensor.data)
+            elif home is None:  # on the GPU, offloaded for the first time
+                home = self.home[tensor] = _pinned(tensor.data.to("cpu"))
             tensor.data = home
         return module
+
+
+def _pinned(tensor: torch.Tensor) -> torch.Tensor:
+    if not torch.cuda.is_available() or tensor.is_pinned():  # nothing to pin without CUDA
+        return tensor
+    return tensor.pin_memory()
 
 
 def pin_model_offload(pipe) -> None:

@@ -5,7 +5,8 @@ command line that runs it.
     python -m qco.recommend outputs/sweeps/<name> --memory-gb 12 --min-ssim 0.9 --min-psnr 25
 
 Memory is the peak allocated GPU memory by default (--memory reserved or host for the others; a CPU
-sweep has host memory only). Quality is each run's SSIM and PSNR against the reference image of the
+sweep has host memory only). A run made under a memory cap (run.memory_limit_gb, experiment=fit_card) fits
+a budget at least as large as its cap: "my card has N GB". Quality is each run's SSIM and PSNR against the reference image of the
 same model, prompt and seed made with nothing applied (qco/reference.py)."""
 
 import argparse
@@ -35,8 +36,16 @@ def recommend(rows: List[dict], memory_gb: float, memory: str = "allocated", min
     """The fastest measured row within the budget and quality floor, and the measured rows."""
     key = MEMORY_KEYS[memory]
     measured = [r for r in rows if r["status"] == "ok" and r.get(key) is not None]
-    fits = [r for r in measured if r[key] <= memory_gb and _quality_ok(r, min_ssim, min_psnr)]
+    fits = [r for r in measured if fits_in(r, memory_gb, key) and _quality_ok(r, min_ssim, min_psnr)]
     return (min(fits, key=lambda r: r["latency_s"]) if fits else None), measured
+
+
+def fits_in(row: dict, memory_gb: float, key: str) -> bool:
+    """A row run under a memory cap (experiment=fit_card) fits where its cap does: the cap is the proof, the
+    allocator could take no more. Without a cap, its measured peak must fit."""
+    if row.get("cap_gb") is not None:
+        return row["cap_gb"] <= memory_gb
+    return row[key] <= memory_gb
 
 
 def command_line(row: dict) -> str:
@@ -48,7 +57,8 @@ def _describe(row: dict, key: str) -> str:
     if row.get("ssim") is not None:
         psnr = "identical" if row.get("identical") else f"PSNR {row['psnr_db']:.1f} dB"
         quality = f", SSIM {row['ssim']:.3f}, {psnr}"
-    return f"latency {row['latency_s']:.3f} s, {key} {row[key]:.2f} GB{quality}"
+    cap = f" (ran under a cap of {row['cap_gb']:g} GB)" if row.get("cap_gb") is not None else ""
+    return f"latency {row['latency_s']:.3f} s, {key} {row[key]:.2f} GB{cap}{quality}"
 
 
 def _bad_flags(args) -> List[str]:

@@ -13,8 +13,8 @@ from typing import List, Optional
 
 from qco.report import write_atomic, write_json_atomic, write_text_atomic
 
-COLUMNS = ["job", "status", "latency_s", "latency_stdev_s", "first_call_s", "peak_allocated_gb",
-           "peak_reserved_gb", "host_peak_gb", "ssim", "psnr_db", "reason"]
+COLUMNS = ["job", "status", "cap_gb", "latency_s", "latency_stdev_s", "first_call_s", "peak_allocated_gb",
+           "peak_reserved_gb", "host_peak_gb", "moved_gb_per_call", "moved_gb_s", "ssim", "psnr_db", "reason"]
 
 
 def load_rows(sweep_dir: Path) -> List[dict]:
@@ -22,7 +22,7 @@ def load_rows(sweep_dir: Path) -> List[dict]:
     # label each row by what sets it apart: overrides every row shares say nothing
     shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
     for row in rows:
-        row["job"] = ",".join(o for o in row.pop("overrides") if o not in shared) or row["job"]
+        row["job"] = ",".join(o for o in row["overrides"] if o not in shared) or row["job"]
     return rows
 
 
@@ -52,7 +52,8 @@ def row_of(record: dict, path: Path) -> dict:
                   "(a native crash or a kill); its log is in this folder")
     row = {"job": path.parent.name, "overrides": list(record.get("overrides") or []),
            "status": record.get("status"), "reason": reason, "dir": path.parent,
-           "setting": run_setting(record), "combination": record.get("combination")}
+           "setting": run_setting(record), "combination": record.get("combination"),
+           "cap_gb": (record.get("config", {}).get("run") or {}).get("memory_limit_gb")}
     if record.get("status") == "ok":
         t, m = record["timings"], record["memory"]
         row.update(latency_s=t["latency_s"]["mean"], latency_stdev_s=t["latency_s"]["stdev"],
@@ -61,11 +62,49 @@ def row_of(record: dict, path: Path) -> dict:
                    images=[str(path.parent / name) for name in record.get("images", [])
                            if (path.parent / name).is_file()],
                    machine=_machine(record.get("environment", {})),
-                   **_quality(record.get("quality")),
+                   **_quality(record.get("quality")), **_moved(m.get("transfers")),
                    reason="; ".join(n.split(" (")[0] for n in record.get("plan", {}).get("notes", [])))
         if not all(isinstance(row[key], (int, float)) for key in ("latency_s", "first_call_s")):
             raise TypeError("its timings are not numbers")
     return row
+
+
+def _moved(transfers: Optional[dict]) -> dict:
+    """The weights copied to the GPU per call and their speed, where the run moved weights (a GPU run)."""
+    to_gpu = (transfers or {}).get("to_gpu")
+    if not to_gpu:
+        return {}
+    return {"moved_gb_per_call": to_gpu["gb_per_call"], "moved_gb_s": to_gpu["gb_per_s"]}
+
+
+def card(rows: List[dict]) -> List[dict]:
+    """For each memory cap the sweep ran under, the fastest combination that ran under that cap or a smaller
+    one (what fits a smaller card fits this one): a card with that much memory runs it."""
+    done = [r for r in rows if r.get("status") == "ok" and r.get("cap_gb") is not None]
+    caps = sorted({r["cap_gb"] for r in rows if r.get("cap_gb") is not None})
+    table = []
+    for cap in caps:
+        fits = [r for r in done if r["cap_gb"] <= cap]
+        table.append({"cap_gb": cap, "row": min(fits, key=lambda r: r["latency_s"]) if fits else None,
+                      "ran": len(fits)})
+    return table
+
+
+def card_markdown(rows: List[dict]) -> str:
+    from qco.recommend import command_line
+
+    lines = ["| card (GB) | fastest that ran under this cap or a smaller one | latency s | peak reserved GB | "
+             "SSIM | PSNR dB | command |", "|---|---|---|---|---|---|---|"]
+    for entry in card(rows):
+        row = entry["row"]
+        if row is None:
+            lines.append(f"| {entry['cap_gb']:g} | nothing ran under this cap | - | - | - | - | - |")
+            continue
+        psnr = "identical" if row.get("identical") else _cell(row.get("psnr_db"))
+        lines.append(f"| {entry['cap_gb']:g} | {row['job']} (under {row['cap_gb']:g}) | {row['latency_s']:.3f} | "
+                     f"{_cell(row.get('peak_reserved_gb'))} | {_cell(row.get('ssim'))} | {psnr} | "
+                     f"`{command_line(row)}` |")
+    return "\n".join(lines) + "\n"
 
 
 def _quality(quality: Optional[dict]) -> dict:
@@ -207,7 +246,13 @@ def aggregate(sweep_dir: Path) -> List[dict]:
     plot_pareto(rows, sweep_dir / "pareto.png")
     image_grid(rows, sweep_dir / "grid.png")
     print(table)
-    print(f"sweep: {sweep_dir} (sweep.md, sweep.csv, sweep.json, pareto.png, grid.png)")
+    files = "sweep.md, sweep.csv, sweep.json, pareto.png, grid.png"
+    if any(r.get("cap_gb") is not None for r in rows):  # a sweep over memory caps: what each card runs
+        cards = header(rows) + card_markdown(rows)
+        write_text_atomic(sweep_dir / "card.md", cards)
+        print(cards)
+        files += ", card.md"
+    print(f"sweep: {sweep_dir} ({files})")
     return rows
 
 

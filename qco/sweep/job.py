@@ -3,9 +3,11 @@ for a search sweeper (Optuna), which minimises what this returns."""
 
 import contextlib
 import fcntl
+import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple, Union
 
@@ -31,7 +33,7 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
             log.info("Skipping %s: already recorded as %s (sweep.retry_failed=true reruns failed ones)",
                      run_dir.name, record["status"])
             return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gb)
-        record = refused_in_advance(cfg, run_dir, overrides)
+        record = refused_in_advance(cfg, run_dir, overrides) or fits_a_smaller_cap(cfg, run_dir, overrides)
         if record is None:
             with gpu_lease() as device:
                 env = {} if device is None else {"CUDA_VISIBLE_DEVICES": device}  # the job's process only
@@ -61,6 +63,38 @@ def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[dic
         check_and_plan(cfg, target)
     except QcoError as error:
         return record_refusal(cfg, run_dir, overrides, error)
+    return None
+
+
+CAP = "run.memory_limit_gb="
+
+
+def fits_a_smaller_cap(cfg, run_dir: Path, overrides: List[str]) -> Optional[dict]:
+    """A sweep over memory caps (experiment=fit_card) runs a combination under the smallest cap first; once
+    it ran under one, it fits every larger cap, so those jobs are recorded as such without running (the
+    card table takes each cap's fastest from the runs under it or a smaller one). None: the job must run."""
+    cap = cfg.run.memory_limit_gb
+    if cap is None:
+        return None
+    others = [o for o in overrides if not o.startswith(CAP)]
+    for sibling in sorted(run_dir.parent.glob("*/results.json")):
+        try:
+            record = json.loads(sibling.read_text())
+            smaller = record["config"]["run"]["memory_limit_gb"]
+            same = [o for o in record["overrides"] if not o.startswith(CAP)] == others
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if same and record.get("status") == "ok" and smaller is not None and smaller < cap:
+            from qco.report import write_json_atomic, write_rerun_config
+            from qco.run import new_record
+
+            reason = (f"ran under run.memory_limit_gb={smaller:g} ({sibling.parent.name}), so it fits this larger "
+                      "cap: not run again")
+            skipped = {**new_record(cfg, overrides), "status": "fits_smaller_cap", "reason": reason,
+                       "finished_at": time.time()}
+            write_rerun_config(run_dir, cfg)
+            write_json_atomic(run_dir / "results.json", skipped)
+            return skipped
     return None
 
 

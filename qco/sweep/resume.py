@@ -9,7 +9,7 @@ from typing import Optional
 
 from qco.sweep.aggregate import row_of
 
-DONE = ("ok", "refused")
+DONE = ("ok", "refused", "fits_smaller_cap")  # fits_smaller_cap: qco/sweep/job.py
 log = logging.getLogger(__name__)
 
 

@@ -1,0 +1,226 @@
+"""Fitting the card (issue 12) on the tiny models, real code: the store of quantized components, pinned model
+offload, the 4-bit state hook under group offload, the out-of-memory advice, the card table and recommend.
+The GPU half (caps, bus speed) is in benchmarks/results/fit_h100_2."""
+
+import json
+import logging
+from pathlib import Path
+
+import bitsandbytes as bnb
+import numpy as np
+import pytest
+
+from qco.errors import EXIT_USER_ERROR
+from qco.offload import PinnedCpuOffload, QuantStateFollowsWeight
+from qco.oom import next_steps
+from qco.recommend import main as recommend_main
+from qco.sweep.aggregate import card, load_rows
+from qco.sweep.job import fits_a_smaller_cap
+from tests.helpers import build, count_calls, error_lines, generate, qco_cli
+
+
+@pytest.fixture
+def quantize_calls(monkeypatch):
+    """Every 4-bit quantization bitsandbytes makes (the real function still runs)."""
+    calls = []
+    original = bnb.functional.quantize_4bit
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bnb.functional, "quantize_4bit", counted)
+    return calls
+
+
+def kept_folders(store: Path):
+    return sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def pixels(images):
+    return [np.asarray(image) for image in images]
+
+
+def test_quantized_components_are_kept_once_and_loaded_after(tmp_path, make_cfg, quantize_calls):
+    cfg = make_cfg("quant=nf4", f"paths.quantized={tmp_path}", "run.device=cpu")
+    plan, pipe = build(cfg)
+    first = generate(pipe, cfg, plan)
+    assert quantize_calls, "the first run quantizes"
+    (folder,) = kept_folders(tmp_path)
+    marker = json.loads((folder / "qco_build.json").read_text())
+    assert set(marker["classes"]) == {"transformer", "text_encoder_2"}
+    assert marker["key"]["backend"] == "bitsandbytes_4bit" and marker["key"]["source_files"]
+
+    quantize_calls.clear()
+    plan, pipe = build(cfg)
+    assert quantize_calls == [], "the second run loads the kept components: no quantization"
+    assert isinstance(pipe.transformer.transformer_blocks[0].attn.to_q, bnb.nn.Linear4bit)
+    assert all((a == b).all() for a, b in zip(pixels(first), pixels(generate(pipe, cfg, plan))))
+
+
+def test_a_damaged_copy_is_rebuilt_never_loaded(tmp_path, make_cfg, quantize_calls, caplog):
+    cfg = make_cfg("quant=nf4", f"paths.quantized={tmp_path}", "run.device=cpu")
+    build(cfg)
+    (folder,) = kept_folders(tmp_path)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF  # altered at the same size: only its checksum can tell
+    weights.write_bytes(bytes(data))
+    quantize_calls.clear()
+    with caplog.at_level(logging.WARNING):
+        build(cfg)
+    assert "damaged" in caplog.text and "sha256" in caplog.text
+    assert quantize_calls, "quantized again rather than loaded"
+    (again,) = kept_folders(tmp_path)
+    assert again == folder and bytes(data) != weights.read_bytes()  # written anew
+
+
+@pytest.mark.parametrize("change", [["quant=fp4"], ["quant.components=[transformer]"], ["run.dtype=float32"]])
+def test_changed_settings_are_a_new_copy(change, tmp_path, make_cfg, quantize_calls):
+    build(make_cfg("quant=nf4", f"paths.quantized={tmp_path}", "run.device=cpu"))
+    quantize_calls.clear()
+    build(make_cfg("quant=nf4", f"paths.quantized={tmp_path}", "run.device=cpu", *change))
+    assert quantize_calls and len(kept_folders(tmp_path)) == 2
+
+
+def test_store_off_keeps_nothing(tmp_path, make_cfg):
+    build(make_cfg("quant=nf4", f"paths.quantized={tmp_path}", "quant.store=false", "run.device=cpu"))
+    assert not tmp_path.exists() or kept_folders(tmp_path) == []
+
+
+def test_model_offload_keeps_one_host_copy_across_calls(make_cfg):
+    cfg = make_cfg("quant=nf4", "offload=model", "run.device=cpu")
+    plan, pipe = build(cfg)
+    assert plan.place.pinned
+    first = generate(pipe, cfg, plan)
+    second = generate(pipe, cfg, plan)  # diffusers made new hooks after the first call: converted again
+    hook = pipe.transformer._hf_hook
+    assert isinstance(hook, PinnedCpuOffload)
+    for tensor in pipe.transformer.parameters():  # pointed back at its home copy, not a fresh one
+        assert tensor.data.data_ptr() == hook.home[tensor].data_ptr()
+    assert all((a == b).all() for a, b in zip(pixels(first), pixels(second)))
+
+
+def test_model_offload_matches_no_offload(make_cfg):
+    cfg = make_cfg("quant=nf4", "run.device=cpu")
+    plan, pipe = build(cfg)
+    plain = generate(pipe, cfg, plan)
+    cfg = make_cfg("quant=nf4", "offload=model", "run.device=cpu")
+    plan, pipe = build(cfg)
+    assert all((a == b).all() for a, b in zip(pixels(plain), pixels(generate(pipe, cfg, plan))))
+
+
+def test_four_bit_state_hook_sits_inside_group_offload(make_cfg):
+    cfg = make_cfg("quant=nf4", "offload=group_block", "run.device=cpu")
+    plan, pipe = build(cfg)
+    layers = [m for c in (pipe.transformer, pipe.text_encoder_2) for m in c.modules()
+              if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers
+    for layer in layers:
+        registry = layer._diffusers_hook
+        assert isinstance(registry.get_hook("qco_quant_state_follows_weight"), QuantStateFollowsWeight)
+    # registered before group offload's hooks, so it runs after a group's weights were moved
+    leaf_cfg = make_cfg("quant=nf4", "offload=group_leaf", "run.device=cpu")
+    leaf_plan, leaf_pipe = build(leaf_cfg)
+    leaf = leaf_pipe.transformer.transformer_blocks[0].attn.to_q
+    assert list(leaf._diffusers_hook.hooks) == ["qco_quant_state_follows_weight", "group_offloading"]
+    plain_cfg = make_cfg("quant=nf4", "run.device=cpu")
+    plain_plan, plain_pipe = build(plain_cfg)
+    expected = pixels(generate(plain_pipe, plain_cfg, plain_plan))
+    assert all((a == b).all() for a, b in zip(expected, pixels(generate(pipe, cfg, plan))))
+    assert all((a == b).all() for a, b in zip(expected, pixels(generate(leaf_pipe, leaf_cfg, leaf_plan))))
+
+
+# --- out-of-memory advice: never what the run already uses ---
+
+@pytest.mark.parametrize("overrides,phase,expected,absent", [
+    ([], "load and placement", ["quant=nf4", "offload=model"], ["run.height", "run.batch"]),
+    (["quant=nf4", "offload=model"], "measured call 1", ["offload=group_block", "run.height=32 run.width=32"],
+     ["quant=nf4", "offload=model:"]),
+    (["quant=nf4", "quant.components=[transformer]", "offload=group_block"], "warm-up call 1",
+     ["quant.components=[transformer,text_encoder_2]", "offload=group_leaf"], ["offload=group_block"]),
+    (["quant=int8", "offload=group_leaf", "run.batch=2"], "measured call 1", ["quant=nf4", "run.batch=1"],
+     ["offload=", "run.height"]),
+    (["quant=nf4", "offload=group_leaf"], "load and placement", [], ["quant=", "offload="]),
+])
+def test_out_of_memory_advice_names_the_next_step(overrides, phase, expected, absent, make_cfg):
+    steps = " | ".join(next_steps(make_cfg(*overrides), phase))
+    for text in expected:
+        assert text in steps, steps
+    for text in absent:
+        assert text not in steps, steps
+
+
+def test_video_advice_lowers_frames_to_a_valid_count(make_cfg):
+    steps = " | ".join(next_steps(make_cfg("model=tiny_wan", "quant=nf4", "offload=group_leaf"), "measured call 1"))
+    assert "run.frames=" in steps and "offload=" not in steps
+
+
+# --- the card: caps, fits_smaller_cap, card.md and recommend ---
+
+def write_record(folder: Path, status: str, cap, overrides, latency=None, reserved=None):
+    folder.mkdir(parents=True)
+    record = {"status": status, "overrides": overrides, "combination": " ".join(overrides),
+              "config": {"model": {"name": "flux_dev_random"},
+                         "run": {"memory_limit_gb": cap, "width": 1024, "height": 1024, "steps": 28, "batch": 1,
+                                 "warmup": 1, "repeats": 2}}}
+    if status == "ok":
+        record.update(timings={"latency_s": {"mean": latency, "stdev": 0.01}, "first_call_s": latency * 2},
+                      memory={"peak_allocated_gb": reserved - 0.3, "peak_reserved_gb": reserved,
+                              "host_peak_gb": 40.0, "transfers": {"to_gpu": {"gb_per_call": 190.0, "gb_per_s": 45.0}}})
+    (folder / "results.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def card_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_record(sweep / "a", "failed", 4, ["quant=nf4", "offload=none", "run.memory_limit_gb=4"])
+    write_record(sweep / "b", "ok", 16, ["quant=nf4", "offload=none", "run.memory_limit_gb=16"], 4.2, 13.1)
+    write_record(sweep / "c", "ok", 4, ["quant=nf4", "offload=group_block", "run.memory_limit_gb=4"], 5.9, 3.7)
+    write_record(sweep / "d", "ok", 8, ["quant=nf4", "offload=model", "run.memory_limit_gb=8"], 4.6, 7.6)
+    return sweep
+
+
+def test_card_names_the_fastest_under_each_cap(card_sweep):
+    table = {entry["cap_gb"]: entry["row"] for entry in card(load_rows(card_sweep))}
+    assert table[4]["job"].endswith("offload=group_block,run.memory_limit_gb=4")
+    assert table[8]["cap_gb"] == 8 and table[8]["latency_s"] == 4.6  # model offload beats block offload
+    assert table[16]["latency_s"] == 4.2
+    rows = load_rows(card_sweep)
+    assert {r["moved_gb_per_call"] for r in rows if r["status"] == "ok"} == {190.0}
+
+
+def test_a_combination_that_ran_under_a_smaller_cap_is_not_run_again(card_sweep, make_cfg):
+    cfg = make_cfg("quant=nf4", "offload=model", "run.memory_limit_gb=12")
+    job = card_sweep / "e"
+    record = fits_a_smaller_cap(cfg, job, ["quant=nf4", "offload=model", "run.memory_limit_gb=12"])
+    assert record["status"] == "fits_smaller_cap" and "run.memory_limit_gb=8" in record["reason"]
+    assert json.loads((job / "results.json").read_text())["status"] == "fits_smaller_cap"
+    # one that failed under the smaller cap runs under the larger one
+    cfg = make_cfg("quant=nf4", "run.memory_limit_gb=6")
+    assert fits_a_smaller_cap(cfg, card_sweep / "f", ["quant=nf4", "offload=none", "run.memory_limit_gb=6"]) is None
+
+
+def test_recommend_answers_my_card_has_n_gb(card_sweep, capsys):
+    assert recommend_main([str(card_sweep), "--memory-gb", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "offload=model" in out and "ran under a cap of 8 GB" in out
+    assert recommend_main([str(card_sweep), "--memory-gb", "6"]) == 0
+    assert "group_block" in capsys.readouterr().out  # 8 GB rows are not proven on a 6 GB card
+    assert recommend_main([str(card_sweep), "--memory-gb", "3"]) == 1
+
+
+def test_a_memory_cap_on_a_cpu_is_refused_in_one_line(tmp_path, models_cache):
+    result = qco_cli(["run.memory_limit_gb=4", "run.device=cpu"], tmp_path, models_cache)
+    (line,) = error_lines(result)
+    assert result.returncode == EXIT_USER_ERROR
+    assert "memory_cap_needs_cuda" in line and "fix:" in line
+
+
+def test_fit_card_sweep_on_a_cpu_refuses_every_job_without_starting_one(tmp_path, models_cache):
+    result = qco_cli(["-m", "experiment=fit_card", "model=tiny_flux", "run.device=cpu",
+                      "hydra.sweep.dir=sweep"], tmp_path, models_cache, timeout=600)
+    assert result.returncode == EXIT_USER_ERROR, result.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")]
+    assert len(records) == 48 and {r["status"] for r in records} == {"refused"}
+    assert not list((tmp_path / "sweep").glob("*/job.log"))  # no process was started for any
