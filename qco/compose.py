@@ -105,9 +105,29 @@ def place_pipeline(pipe, place: PlaceStep) -> None:
         pipe.reset_device_map()  # loaded with a device_map: offload hooks need it cleared first
     if place.quant_state_follows:  # before group offload: its hooks then wrap these (qco/offload.py)
         log.info("bitsandbytes' quantization state follows its weights on %d 4-bit layers", follow_quant_state(pipe))
-    getattr(pipe, call)(**place.kwargs)
+    if place.others_offload_type:
+        group_offload_by_component(pipe, place)
+    else:
+        getattr(pipe, call)(**place.kwargs)
     if place.pinned:
         pin_model_offload(pipe)
+
+
+def group_offload_by_component(pipe, place: PlaceStep) -> None:
+    """Group offload of the denoiser as configured and of the other components (text encoders, VAE) at
+    place.others_offload_type: a T5 encoder has no top-level block list, so at block level it moves whole."""
+    from diffusers.hooks import apply_group_offloading
+
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            kwargs = dict(place.kwargs)
+            if name != place.denoiser:
+                kwargs["offload_type"] = place.others_offload_type
+                if kwargs["offload_type"] == "leaf_level":
+                    kwargs["num_blocks_per_group"] = None
+                elif not kwargs["num_blocks_per_group"]:
+                    kwargs["num_blocks_per_group"] = 1
+            apply_group_offloading(component, **kwargs)
 
 
 def compile_denoiser(pipe, step: CompileStep) -> None:

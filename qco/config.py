@@ -93,6 +93,8 @@ class OffloadConfig:
     low_cpu_mem_usage: bool = False
     offload_to_disk_path: Optional[str] = None
     pin_memory: bool = True  # model offload: one pinned host copy of each weight (qco/offload.py)
+    # group offload: the text encoders' and VAE's offload_type where it differs from the denoiser's (null: same)
+    others_offload_type: Optional[str] = None
 
 
 @dataclass

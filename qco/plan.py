@@ -51,6 +51,8 @@ class PlaceStep:
     kwargs: Dict[str, Any] = field(default_factory=dict)
     pinned: bool = False  # model offload keeps one pinned host copy of each weight (qco/offload.py)
     quant_state_follows: bool = False  # bitsandbytes' 4-bit quantization state follows its weight (qco/offload.py)
+    others_offload_type: Optional[str] = None  # group offload: the non-denoiser components' type, where it differs
+    denoiser: str = "transformer"
 
 
 @dataclass
@@ -114,6 +116,9 @@ class Plan:
             extras = [text for flag, text in ((self.place.pinned, "pinned host copies"),
                                               (self.place.quant_state_follows, "4-bit quantization state follows "
                                                "its weights")) if flag]
+            if self.place.others_offload_type:
+                extras.insert(0, f"{self.place.denoiser} only; the other components: offload_type="
+                                 f"{self.place.others_offload_type}")
             lines.append(f"place    pipe.{PLACE_CALLS[self.place.method]}({_kwargs(self.place.kwargs)})"
                          + (f"  [{'; '.join(extras)}]" if extras else ""))
         if self.cache.method is not None:
@@ -165,7 +170,9 @@ def draft_plan(cfg, target: Target) -> Plan:
             "record_stream": offload.record_stream,
             "low_cpu_mem_usage": offload.low_cpu_mem_usage,
             "offload_to_disk_path": offload.offload_to_disk_path,
-        })
+        }, denoiser=cfg.model.denoiser)
+        if offload.others_offload_type not in (None, offload.offload_type):
+            place.others_offload_type = offload.others_offload_type
     else:
         # the execution device is named even on a CPU: enable_model_cpu_offload() alone refuses
         # without an accelerator, with device="cpu" its hooks attach and fire (findings.md)

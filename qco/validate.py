@@ -263,6 +263,7 @@ def _check_methods(cfg) -> List[str]:
     ]
     if cfg.offload.method == "group":
         checks.append(("offload.offload_type", cfg.offload.offload_type, GROUP_OFFLOAD_TYPES))
+        checks.append(("offload.others_offload_type", cfg.offload.others_offload_type, (None, *GROUP_OFFLOAD_TYPES)))
     for key, value, allowed in checks:
         if value not in allowed:
             shown = ", ".join("null" if a is None else a for a in allowed)

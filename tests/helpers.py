@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import bitsandbytes as bnb
+from accelerate.hooks import CpuOffload
 import numpy as np
 import torch
 
@@ -70,8 +71,8 @@ def count_calls(obj, method):
 
 def attach_offload_probe(pipe, offload):
     if offload == "model":
-        hook = pipe.transformer._hf_hook  # accelerate's CpuOffload, attached by enable_model_cpu_offload
-        assert type(hook).__name__ == "CpuOffload"
+        hook = pipe.transformer._hf_hook  # accelerate's CpuOffload (qco's pinned kind: a subclass)
+        assert isinstance(hook, CpuOffload)
         return count_calls(hook, "pre_forward")
     if offload.startswith("group"):  # diffusers' hooks: on the blocks (block level) or the leaves
         hooks = [module._diffusers_hook.get_hook("group_offloading") for module in pipe.transformer.modules()
