@@ -16,6 +16,10 @@ declare -A rows=(
   # the leanest: block-level and leaf-level group offload of the nf4 pipeline under a 4 GB cap
   [leanest_block_cap4]="experiment=leanest_flux offload=group_block run.memory_limit_gb=4"
   [leanest_leaf_cap4]="experiment=leanest_flux offload=group_leaf run.memory_limit_gb=4"
+  # block level for the transformer, leaf level for T5, CLIP and the VAE (T5 has no top-level block list:
+  # at block level it moves whole, 3.8 GB), without and with record_stream (no sync at each block's offload)
+  [leanest_mixed_cap4]="experiment=leanest_flux offload=group_block offload.others_offload_type=leaf_level run.memory_limit_gb=4"
+  [leanest_mixed_record_cap4]="experiment=leanest_flux offload=group_block offload.others_offload_type=leaf_level offload.record_stream=true run.memory_limit_gb=4"
   # model offload under an 8 GB cap, from pinned host copies (qco's default) and from pageable ones (accelerate's)
   [nf4_model_cap8]="quant=nf4 offload=model run.memory_limit_gb=8"
   [nf4_model_pageable_cap8]="quant=nf4 offload=model offload.pin_memory=false run.memory_limit_gb=8"
@@ -23,7 +27,7 @@ declare -A rows=(
   [nf4_autotune]="quant=nf4 compile=max_autotune"
   [nf4_autotune_model_cap8]="quant=nf4 compile=max_autotune offload=model run.memory_limit_gb=8"
   # Wan 2.1 14B (random weights, text encoder included), nf4 and block-level group offload under 8 GB
-  [wan14b_nf4_block_cap8]="model=wan21_t2v_14b_random quant=nf4 offload=group_block run.memory_limit_gb=8"
+  [wan14b_nf4_block_cap8]="model=wan21_t2v_14b_random quant=nf4 offload=group_block offload.others_offload_type=leaf_level run.memory_limit_gb=8"
 )
 order=(nf4_first nf4_second leanest_block_cap4 leanest_leaf_cap4 nf4_model_cap8 nf4_model_pageable_cap8)
 [ $# -gt 0 ] && order=("$@")

@@ -48,9 +48,11 @@ def _pinned(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def pin_model_offload(pipe) -> None:
-    """Turn the hooks of pipe.enable_model_cpu_offload() into PinnedCpuOffload hooks. diffusers makes new
-    hooks at the end of every call (maybe_free_model_hooks calls enable_model_cpu_offload again), so the
-    pipeline's enable_model_cpu_offload is wrapped to convert them each time."""
+    """Turn the hooks of pipe.enable_model_cpu_offload() into PinnedCpuOffload hooks. At the end of every call
+    diffusers offloads every component by making new hooks (maybe_free_model_hooks calls
+    enable_model_cpu_offload again), whose module.to("cpu") would copy bitsandbytes' quantization state to
+    pageable memory and back each call (1.0 GB for nf4 Flux: benchmarks/README.md); so the pipeline's
+    enable_model_cpu_offload is wrapped: once the pinned hooks are in place it offloads through them."""
     home: Dict[torch.Tensor, torch.Tensor] = {}
     enable = pipe.enable_model_cpu_offload
 
@@ -61,6 +63,11 @@ def pin_model_offload(pipe) -> None:
             add_hook_to_module(user_hook.model, user_hook.hook)  # replaces the old hook; init_hook offloads
 
     def enable_pinned(*args, **kwargs):
+        hooks = getattr(pipe, "_all_hooks", [])
+        if hooks and all(isinstance(user_hook.hook, PinnedCpuOffload) for user_hook in hooks):
+            for user_hook in hooks:  # every component back to its pinned home; the hooks stay as they are
+                user_hook.offload()
+            return
         enable(*args, **kwargs)
         _convert()
 

@@ -92,10 +92,12 @@ def test_model_offload_keeps_one_host_copy_across_calls(make_cfg):
     cfg = make_cfg("quant=nf4", "offload=model", "run.device=cpu")
     plan, pipe = build(cfg)
     assert plan.place.pinned
-    first = generate(pipe, cfg, plan)
-    second = generate(pipe, cfg, plan)  # diffusers made new hooks after the first call: converted again
     hook = pipe.transformer._hf_hook
-    assert isinstance(hook, PinnedCpuOffload)
+    first = generate(pipe, cfg, plan)
+    second = generate(pipe, cfg, plan)
+    # the end of each call offloads through the same pinned hooks (diffusers would make new ones, whose
+    # module.to("cpu") copies bitsandbytes' quantization state to pageable memory)
+    assert pipe.transformer._hf_hook is hook and isinstance(hook, PinnedCpuOffload)
     for tensor in pipe.transformer.parameters():  # pointed back at its home copy, not a fresh one
         assert tensor.data.data_ptr() == hook.home[tensor].data_ptr()
     assert all((a == b).all() for a, b in zip(pixels(first), pixels(second)))
