@@ -1,9 +1,10 @@
 """Two changes to how weights move, each on the libraries' own hook APIs:
 
 - pinned model offload (offload.pin_memory, on by default): accelerate's model offload copies each component
-  back to new pageable host memory after use and from there before the next, at 6.5-8.5 GB/s on an H100
-  against 55 GB/s from pinned memory (benchmarks/README.md). Inference never changes the weights, so the
-  offload here drops the GPU copy and points each weight back at one pinned host copy made once;
+  back to new pageable host memory after use and from there before the next: nf4 Flux's 10.6 GB a call
+  crossed at 8.8 GB/s, from pinned memory at 40 GB/s (H100: benchmarks/README.md). Inference never changes
+  the weights on the GPU, so the offload here drops the GPU copy and points each weight back at one pinned
+  host copy made once;
 - bitsandbytes' 4-bit quantization state follows its weight under diffusers' group offload (the rule
   bitsandbytes_4bit_state_follows_weights in qco/rules.py says when, and why)."""
 

@@ -32,7 +32,11 @@ def next_steps(cfg, phase: str) -> List[str]:
                      f"{', '.join(sorted(set(model.quantize) - set(quant.components)))} too)")
     names = [name for name, _ in OFFLOAD_LADDER]
     current = cfg.offload.name if cfg.offload.name in names else None
-    if current is not None and names.index(current) + 1 < len(names):
+    if cfg.offload.method == "group" and cfg.offload.offload_type == "block_level" \
+            and cfg.offload.others_offload_type != "leaf_level":
+        # a text encoder without a top-level block list moves whole at block level (T5: 3.8 GB on the GPU)
+        steps.append("offload.others_offload_type=leaf_level: the text encoders and VAE one layer at a time")
+    elif current is not None and names.index(current) + 1 < len(names):
         steps.append(OFFLOAD_LADDER[names.index(current) + 1][1])
     elif current is None and cfg.offload.method == "sequential" and quant.backend is None:
         steps.append("quant=nf4 with offload=group_leaf")

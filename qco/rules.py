@@ -62,8 +62,13 @@ def _streams_on(plan: Plan) -> bool:
 
 
 def _stream_where_cuda(plan: Plan) -> str:
-    plan.place.kwargs["use_stream"] = _streams_on(plan)
-    return f"offload.use_stream: null -> {str(plan.place.kwargs['use_stream']).lower()}"
+    kwargs = plan.place.kwargs
+    kwargs["use_stream"] = _streams_on(plan)
+    note = f"offload.use_stream: null -> {str(kwargs['use_stream']).lower()}"
+    if kwargs["record_stream"] and not kwargs["use_stream"]:  # it marks the stream's tensors: none here
+        kwargs["record_stream"] = False
+        note += ", offload.record_stream: true -> false"
+    return note
 
 
 def _bitsandbytes_cpu_load(plan: Plan) -> str:
@@ -148,10 +153,11 @@ RULES: List[Rule] = [
          reason="group offload with use_stream=true overlaps copies on a CUDA stream; there is none on a CPU",
          fix="offload.use_stream=null (on where there is CUDA) or offload.use_stream=false"),
     Rule("record_stream_needs_stream",
-         when=lambda p: p.place.method == "group" and p.place.kwargs["record_stream"] and not _streams_on(p),
+         when=lambda p: p.place.method == "group" and p.place.kwargs["record_stream"]
+         and p.place.kwargs["use_stream"] is False,
          reason="record_stream marks the tensors copied on the prefetch stream, so there must be one "
                 "(diffusers: ValueError: `record_stream` cannot be True when `use_stream=False`); "
-                "streams are off here (offload.use_stream=false, or no CUDA)",
+                "streams are off here (offload.use_stream=false)",
          fix="offload.record_stream=false, or on a CUDA GPU offload.use_stream=null"),
     Rule("bitsandbytes_4bit_compile_on_cpu",
          when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and _compiling(p) and not p.target.is_cuda
@@ -230,7 +236,8 @@ RULES: List[Rule] = [
     Rule("streams_where_cuda",
          when=lambda p: p.place.method == "group" and p.place.kwargs["use_stream"] is None,
          adjust=_stream_where_cuda,
-         reason="prefetching on a CUDA stream overlaps transfers with compute; a CPU has no streams"),
+         reason="prefetching on a CUDA stream overlaps transfers with compute; a CPU has no streams (and "
+                "record_stream, which marks the stream's tensors, goes with them)"),
     Rule("bitsandbytes_on_cpu",
          when=lambda p: _bitsandbytes(p) and not p.target.is_cuda,
          adjust=_bitsandbytes_cpu_load,

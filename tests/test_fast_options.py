@@ -104,4 +104,6 @@ def test_presets_compose(experiment, make_cfg):
         assert "fuse_qkv_projections()" in text and "Float8DynamicActivationFloat8WeightConfig" in text
         assert "set_attention_backend('_native_cudnn')" in text and "compile_repeated_blocks" in text
     else:
-        assert "enable_group_offload" in text and "leaf_level" in text
+        assert "enable_group_offload" in text and "offload_type=block_level" in text
+        assert "the other components: offload_type=leaf_level" in text and "record_stream=True" in text
+        assert "4-bit quantization state follows its weights" in text

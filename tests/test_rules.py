@@ -62,6 +62,13 @@ def test_compile_without_offload_keeps_fullgraph(make_cfg):
     assert plan.notes == []
 
 
+def test_record_stream_goes_with_the_streams_where_they_follow_the_device(make_cfg):
+    kwargs = plan_for(make_cfg, CPU, "offload=group_block", "offload.record_stream=true").place.kwargs
+    assert (kwargs["use_stream"], kwargs["record_stream"]) == (False, False)
+    kwargs = plan_for(make_cfg, H200, "offload=group_block", "offload.record_stream=true").place.kwargs
+    assert (kwargs["use_stream"], kwargs["record_stream"]) == (True, True)
+
+
 def test_group_offload_streams_follow_the_device(make_cfg):
     assert plan_for(make_cfg, H200, "offload=group_block").place.kwargs["use_stream"] is True
     assert plan_for(make_cfg, CPU, "offload=group_block").place.kwargs["use_stream"] is False
@@ -77,7 +84,8 @@ def test_group_offload_streams_follow_the_device(make_cfg):
     (CPU, ["quant=torchao_fp8"], "fp8_needs_sm89"),
     (CPU, ["offload=sequential"], "sequential_needs_accelerator"),
     (H200, ["model=tiny_sd3", "compile=regional"], "regional_needs_repeated_blocks"),
-    (CPU, ["offload=group_leaf", "offload.record_stream=true"], "record_stream_needs_stream"),
+    (CPU, ["offload=group_leaf", "offload.use_stream=false", "offload.record_stream=true"],
+     "record_stream_needs_stream"),
     (H200, ["offload=group_leaf", "offload.use_stream=false", "offload.record_stream=true"],
      "record_stream_needs_stream"),
 ])
