@@ -138,7 +138,12 @@ def measure_transfers(pipe, call_kwargs: dict, seed: int, device: str) -> dict:
             synchronize(device)
         trace = Path(folder) / "trace.json"
         profiler.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text()).get("traceEvents", [])
+        return copies_in_trace(json.loads(trace.read_text()).get("traceEvents", []))
+
+
+def copies_in_trace(events: list) -> dict:
+    """The host-device copies of a profiler trace (Chrome trace events; kineto names them like
+    "Memcpy HtoD (Pinned -> Device)" with their bytes in args), summed each way."""
     copies = [e for e in events if e.get("cat") == "gpu_memcpy" and "bytes" in e.get("args", {})]
     if not copies:
         return {"error": "the profiler's trace has no host-device copies"}

@@ -229,3 +229,46 @@ def test_fit_card_sweep_on_a_cpu_refuses_every_job_without_starting_one(tmp_path
     records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")]
     assert len(records) == 48 and {r["status"] for r in records} == {"refused"}
     assert not list((tmp_path / "sweep").glob("*/job.log"))  # no process was started for any
+
+
+def test_torchao_components_are_kept_too(tmp_path, make_cfg):
+    pytest.importorskip("torchao")
+    cfg = make_cfg("quant=torchao_int8wo", f"paths.quantized={tmp_path}", "run.device=cpu")
+    plan, pipe = build(cfg)
+    first = generate(pipe, cfg, plan)
+    (folder,) = kept_folders(tmp_path)
+    assert json.loads((folder / "qco_build.json").read_text())["classes"] == {"transformer": "FluxTransformer2DModel"}
+    assert list((folder / "transformer").glob("*.safetensors"))  # never a pickle: loading one can run code
+    plan, pipe = build(cfg)
+    assert type(pipe.transformer.transformer_blocks[0].attn.to_q.weight).__module__.startswith("torchao")
+    assert all((a == b).all() for a, b in zip(pixels(first), pixels(generate(pipe, cfg, plan))))
+
+
+def test_transfers_are_summed_each_way_by_kind_of_memory():
+    from qco.measure import GB, copies_in_trace
+
+    def copy(name, megabytes, microseconds):
+        return {"ph": "X", "cat": "gpu_memcpy", "name": name, "dur": microseconds,
+                "args": {"bytes": megabytes * 2**20, "device": 0}}
+
+    events = [copy("Memcpy HtoD (Pinned -> Device)", 1024, 20_000), copy("Memcpy HtoD (Pageable -> Device)", 512, 60_000),
+              copy("Memcpy DtoH (Device -> Pageable)", 256, 50_000), {"cat": "kernel", "name": "gemm", "dur": 5}]
+    moved = copies_in_trace(events)
+    assert moved["to_gpu"]["copies"] == 2 and moved["to_gpu"]["gb_per_call"] == pytest.approx(1.5)
+    assert moved["to_gpu"]["gb_per_s"] == pytest.approx(1.5 / 0.08)
+    assert moved["to_gpu"]["gb_by_kind"] == {"Pinned -> Device": 1.0, "Pageable -> Device": 0.5}
+    assert moved["from_gpu"]["gb_by_kind"] == {"Device -> Pageable": 0.25}
+    assert "error" in copies_in_trace([{"cat": "kernel", "name": "gemm", "dur": 5}])  # never a silent zero
+    assert GB == 2**30
+
+
+def test_out_of_memory_names_what_fit_in_the_sweep_by_its_reserve(card_sweep):
+    from qco.oom import fitting_in_sweep
+    from qco.sweep.aggregate import read_rows
+
+    failed = card_sweep / "a"
+    setting = next(r["setting"] for r in read_rows(card_sweep) if r["dir"] == failed)
+    fits = fitting_in_sweep(failed, setting, 8.0, "peak_reserved_gb")
+    assert [line.split(" (")[0] for line in fits] == ["quant=nf4 offload=model run.memory_limit_gb=8",
+                                                     "quant=nf4 offload=group_block run.memory_limit_gb=4"]
+    assert fitting_in_sweep(failed, setting, 3.0, "peak_reserved_gb") == []
