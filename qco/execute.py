@@ -79,6 +79,9 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
             phase.now = "the transfer probe call"
             memory["transfers"] = measure_transfers(pipe, kwargs, run.seed, plan.target.device)
     del pipe  # measured: its memory is free for the reference, if one must be made
+    # the cap bounds the measured run; the reference (nothing applied, bf16) is made as on a card that can
+    # make it, so a capped run's quality is measured against the same image as an uncapped one's
+    device.lift()
     images, videos = [], []
     for index, image in enumerate(measured.images):  # of a video: its first frame, for tables and grids
         save_image_atomic(image, run_dir / f"image_{index}.png")

@@ -180,6 +180,11 @@ class DeviceMemory:
             torch.cuda.set_per_process_memory_fraction(min(1.0, gb * GB / total), self.device)
         self.limit_gb = gb
 
+    def lift(self) -> None:
+        """Take the cap off again (the measured run is over)."""
+        if self.device and self.limit_gb:
+            torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+
     def capacity_gb(self) -> float:
         total = torch.cuda.get_device_properties(self.device).total_memory / GB
         return min(total, self.limit_gb or total)
