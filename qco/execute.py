@@ -77,7 +77,7 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
                   "components_gb": sizes, "limit_gb": run.memory_limit_gb, "outside_allocator_gb": device.outside_gb()}
         if plan.place.method is not None and plan.target.is_cuda:  # weights cross the bus at every call
             phase.now = "the transfer probe call"
-            memory["transfers"] = measure_transfers(pipe, kwargs, run.seed, plan.target.device)
+            memory["transfers"] = transfers(pipe, kwargs, run.seed, plan.target.device)
     del pipe  # measured: its memory is free for the reference, if one must be made
     # the cap bounds the measured run; the reference (nothing applied, bf16) is made as on a card that can
     # make it, so a capped run's quality is measured against the same image as an uncapped one's
@@ -104,6 +104,15 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
         "videos": videos,
         "quality": quality(cfg, plan, kwargs, measured.images) if run.quality else None,
     }
+
+
+def transfers(pipe, kwargs: dict, seed: int, device: str) -> dict:
+    """What the profiled call copied; a probe that fails is recorded and does not fail the measured run."""
+    try:
+        return measure_transfers(pipe, kwargs, seed, device)
+    except Exception as error:  # noqa: BLE001 - the measurement stands without it
+        log.warning("No transfer figures: the profiled call failed (%s: %s)", type(error).__name__, error)
+        return {"error": f"{type(error).__name__}: {error}"[:500]}
 
 
 def quality(cfg, plan: Plan, kwargs: dict, images) -> dict:

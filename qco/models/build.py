@@ -72,7 +72,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(path: Path) -> list:
+def fingerprint(path: Path) -> list:
     """What any write to a file changes: its inode's change time cannot be set back from user space."""
     info = path.stat()
     return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
@@ -98,10 +98,10 @@ def damage(folder: Path) -> Optional[str]:
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, {size} were written"
-        if verified.get(name) != _fingerprint(path):
+        if verified.get(name) != fingerprint(path):
             if sha256_of(path) != checksum:
                 return f"{name} differs from what was written (its sha256 changed)"
-            verified[name], changed = _fingerprint(path), True
+            verified[name], changed = fingerprint(path), True
     if changed:
         try:
             write_text_atomic(folder / VERIFIED, json.dumps(verified))
@@ -151,7 +151,7 @@ def _build_and_save(model, folder: Path, device: str) -> None:
         (staging / BUILD_MARKER).write_text(json.dumps({"model": model.name, "recipe": recipe_dict, "files": files},
                                                        indent=1))
         # just hashed: the first use need not hash them again (renaming the folder changes no file)
-        (staging / VERIFIED).write_text(json.dumps({name: _fingerprint(staging / name) for name in files}))
+        (staging / VERIFIED).write_text(json.dumps({name: fingerprint(staging / name) for name in files}))
 
     # another process that finished the same build first keeps its copy
     write_folder_atomic(folder, save, finished=lambda built: (built / BUILD_MARKER).is_file())

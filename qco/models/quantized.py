@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from qco.errors import WRITE_ERRORS
-from qco.models.build import BUILD_MARKER, VERIFIED, _fingerprint, build_lock, component_class, damage, sha256_of
+import torch
+
+from qco.models.build import BUILD_MARKER, VERIFIED, build_lock, component_class, damage, fingerprint, sha256_of
 from qco.plan import LoadStep
 from qco.report import write_folder_atomic
 
@@ -70,27 +72,27 @@ def load_kept(folder: Path, load: LoadStep) -> Optional[Dict[str, object]]:
         return None
     with build_lock(folder):
         problem = damage(folder) if folder.is_dir() else "gone"
-        if problem:
-            log.warning("The kept quantized components in %s are damaged (%s): quantizing again", folder, problem)
+        classes = {} if problem else _classes(folder)
+        if problem or classes is None:
+            log.warning("The kept quantized components in %s are damaged (%s): quantizing again", folder,
+                        problem or f"its {BUILD_MARKER} names no model class of diffusers or transformers")
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        classes = json.loads((folder / BUILD_MARKER).read_text())["classes"]
     log.info("Loading the quantized %s kept in %s (no quantization)", ", ".join(sorted(classes)), folder)
-    components = {}
-    for name, class_name in classes.items():
-        cls = component_class(class_name)  # diffusers or transformers model classes only
-        if cls is None:
-            raise ValueError(f"{folder / BUILD_MARKER}: {class_name} is not a model class of diffusers or transformers")
-        kwargs = {"device_map": load.device_map} if load.device_map else {}
-        components[name] = cls.from_pretrained(folder / name, dtype=_dtype(load.dtype), use_safetensors=True,
-                                               **kwargs)
-    return components
+    kwargs = {"device_map": load.device_map} if load.device_map else {}
+    return {name: cls.from_pretrained(folder / name, dtype=getattr(torch, load.dtype), use_safetensors=True,
+                                      **kwargs)
+            for name, cls in classes.items()}
 
 
-def _dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
+def _classes(folder: Path) -> Optional[Dict[str, type]]:
+    """Each kept component's class, looked up among diffusers' and transformers' model classes only."""
+    try:
+        names = json.loads((folder / BUILD_MARKER).read_text())["classes"]
+        classes = {str(name): component_class(str(cls)) for name, cls in names.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return classes if classes and all(classes.values()) else None
 
 
 def keep(folder: Path, pipe, load: LoadStep, model: str) -> bool:
@@ -108,7 +110,7 @@ def keep(folder: Path, pipe, load: LoadStep, model: str) -> bool:
                  for p in sorted(staging.rglob("*")) if p.is_file()}
         (staging / BUILD_MARKER).write_text(json.dumps({"key": key, "classes": classes, "files": files},
                                                        indent=1, default=str))
-        (staging / VERIFIED).write_text(json.dumps({name: _fingerprint(staging / name) for name in files}))
+        (staging / VERIFIED).write_text(json.dumps({name: fingerprint(staging / name) for name in files}))
 
     try:
         with build_lock(folder):
