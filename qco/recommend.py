@@ -6,8 +6,8 @@ command line that runs it.
 
 Memory is the peak allocated GPU memory by default (--memory reserved or host for the others; a CPU
 sweep has host memory only). A run made under a memory cap (run.memory_limit_gb, experiment=fit_card) fits
-a budget at least as large as its cap: "my card has N GB". Quality is each run's SSIM and PSNR against the reference image of the
-same model, prompt and seed made with nothing applied (qco/reference.py)."""
+a budget at least as large as its cap: "my card has N GB". Quality is each run's SSIM and PSNR against the
+reference image of the same model, prompt and seed made with nothing applied (qco/reference.py)."""
 
 import argparse
 import math

@@ -195,6 +195,16 @@ def test_card_names_the_fastest_under_each_cap(card_sweep):
     assert {r["moved_gb_per_call"] for r in rows if r["status"] == "ok"} == {190.0}
 
 
+def test_aggregate_writes_the_card_with_each_caps_command(card_sweep):
+    from qco.sweep.aggregate import aggregate
+
+    aggregate(card_sweep)
+    lines = (card_sweep / "card.md").read_text().splitlines()
+    four = next(line for line in lines if line.startswith("| 4 |"))
+    assert "`python -m qco quant=nf4 offload=group_block run.memory_limit_gb=4`" in four and "5.900" in four
+    assert "cap_gb" in (card_sweep / "sweep.csv").read_text().splitlines()[0]
+
+
 def test_a_combination_that_ran_under_a_smaller_cap_is_not_run_again(card_sweep, make_cfg):
     cfg = make_cfg("quant=nf4", "offload=model", "run.memory_limit_gb=12")
     job = card_sweep / "e"
