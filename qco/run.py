@@ -74,6 +74,9 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
             record["status"] = "planned"
             return record
         plan.load.source = resolve_source(cfg.model, cfg.paths.models)  # builds a recipe model once
+        from qco.fit import check_fits
+
+        check_fits(plan, Path(plan.load.source), cfg)  # a cap its weights alone exceed: refused, nothing loaded
         record["plan"] = plan.as_dict()
         record.update(measure_run(cfg, plan, run_dir))
         record["status"] = "ok"

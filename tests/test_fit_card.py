@@ -282,3 +282,57 @@ def test_out_of_memory_names_what_fit_in_the_sweep_by_its_reserve(card_sweep):
     assert [line.split(" (")[0] for line in fits] == ["quant=nf4 offload=model run.memory_limit_gb=8",
                                                      "quant=nf4 offload=group_block run.memory_limit_gb=4"]
     assert fitting_in_sweep(failed, setting, 3.0, "peak_reserved_gb") == []
+
+
+# --- what cannot fit a cap, known before loading ---
+
+
+def capped_plan(make_cfg, *overrides):
+    from qco.plan import draft_plan
+    from qco.rules import apply_rules
+    from qco.target import Target
+
+    cfg = make_cfg(*overrides)
+    return cfg, apply_rules(draft_plan(cfg, Target("cuda:0", (9, 0), "NVIDIA H200")), "test")
+
+
+def test_the_weights_floor_is_counted_from_the_files_and_never_above_the_loaded_weights(make_cfg):
+    from qco.fit import weights_floor_gb
+    from qco.measure import component_sizes_gb
+    from qco.models.source import resolve_source
+
+    cfg, plan = capped_plan(make_cfg, "run.memory_limit_gb=0.0001")
+    source = Path(resolve_source(cfg.model, cfg.paths.models))
+    floor = weights_floor_gb(plan, source)
+    _, pipe = build(make_cfg("run.device=cpu"))  # bf16, as the run's dtype
+    loaded = component_sizes_gb(pipe)
+    assert set(floor) == set(loaded)
+    for name in floor:  # the files hold every parameter; non-persistent buffers are not in them
+        assert 0.9 * loaded[name] <= floor[name] <= loaded[name] * 1.000001, name
+    cfg, nf4 = capped_plan(make_cfg, "quant=nf4", "run.memory_limit_gb=0.0001")
+    quantized = weights_floor_gb(nf4, source)
+    assert quantized["transformer"] == pytest.approx(floor["transformer"] / 4, rel=0.01)  # 4 bits of 16
+    assert quantized["vae"] == floor["vae"]
+
+
+@pytest.mark.parametrize("offload,refused", [("none", "every component at once"),
+                                             ("model", "its largest component, transformer"),
+                                             ("group_block", None), ("group_leaf", None)])
+def test_a_cap_the_weights_alone_exceed_is_refused_before_loading(offload, refused, make_cfg):
+    from qco.errors import QcoError
+    from qco.fit import check_fits
+    from qco.models.source import resolve_source
+
+    cfg, plan = capped_plan(make_cfg, f"offload={offload}", "run.memory_limit_gb=0.0001")
+    source = Path(resolve_source(cfg.model, cfg.paths.models))
+    if refused is None:
+        check_fits(plan, source, cfg)  # group offload holds a part: no bound, it must run to tell
+        return
+    with pytest.raises(QcoError) as error:
+        check_fits(plan, source, cfg)
+    (line,) = error.value.lines
+    assert "run.memory_limit_gb=0.0001: does not fit" in line and refused in line and "fix:" in line
+    next_offload = {"none": "offload=model", "model": "offload=group_block"}[offload]
+    assert next_offload in line
+    cfg, plan = capped_plan(make_cfg, f"offload={offload}", "run.memory_limit_gb=1")
+    check_fits(plan, source, cfg)  # 1 GB holds the tiny model's weights

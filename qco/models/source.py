@@ -12,7 +12,7 @@ from typing import Optional, Set
 from omegaconf import OmegaConf
 
 from qco.errors import WRITE_ERRORS, QcoError
-from qco.models.build import build_lock, build_pipeline, damage
+from qco.models.build import BUILD_MARKER, build_lock, build_pipeline, damage
 from qco.models.index import read_model_index
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,16 @@ def resolve_source(model, models_cache: str) -> str:
                        f"{error.filename or folder}); fix: point it at a writable folder, paths.models=/data/qco-models "
                        "or export QCO_MODEL_CACHE=/data/qco-models") from error
     return str(folder)
+
+
+def present_source(model, models_cache: str) -> Optional[Path]:
+    """The model's local folder where it is already there (model.path, or a finished build), else None:
+    nothing is built or downloaded to find it."""
+    if model.path is not None:
+        return Path(model.path).expanduser()
+    if model.id is None and (built_folder(model, models_cache) / BUILD_MARKER).is_file():
+        return built_folder(model, models_cache)
+    return None
 
 
 def model_index(model, models_cache: str) -> Optional[dict]:

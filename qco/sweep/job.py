@@ -45,8 +45,9 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
 
 
 def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[dict]:
-    """The refused record of a job that the value checks and the rules refuse on this machine, written
-    without starting its process; None where the job must run (or only its process can tell)."""
+    """The refused record of a job that the value checks, the rules or the weights' size against its memory cap
+    refuse on this machine, written without starting its process; None where the job must run (or only its
+    process can tell)."""
     from qco.run import record_refusal
     from qco.target import target_without_cuda
     from qco.validate import check_values
@@ -59,8 +60,13 @@ def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[dic
         if target is None:
             return None
         from qco.execute import check_and_plan  # torch and diffusers, once per launcher process
+        from qco.fit import check_fits
+        from qco.models.source import present_source
 
-        check_and_plan(cfg, target)
+        plan = check_and_plan(cfg, target)
+        source = present_source(cfg.model, cfg.paths.models)
+        if source is not None:  # a cap the weights alone exceed (experiment=fit_card): no process for it
+            check_fits(plan, source, cfg)
     except QcoError as error:
         return record_refusal(cfg, run_dir, overrides, error)
     return None
