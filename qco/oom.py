@@ -9,13 +9,13 @@ import torch
 from qco.errors import OutOfMemory
 from qco.sweep.aggregate import read_rows
 
-# from the most GPU memory to the least: each keeps less of the model on the GPU at once
-OFFLOAD_LADDER = [
-    ("none", "the whole pipeline on the GPU"),
-    ("model", "offload=model: one component on the GPU at a time"),
-    ("group_block", "offload=group_block: one block of the denoiser at a time"),
-    ("group_leaf", "offload=group_leaf: one layer at a time, the least GPU memory"),
-]
+# the next offload that keeps less of the model on the GPU at once, and what it does
+NEXT_OFFLOAD = {"none": "model", "model": "group_mixed", "group_block": "group_mixed", "group_mixed": "group_leaf"}
+OFFLOADS = {
+    "model": "offload=model: one component on the GPU at a time",
+    "group_mixed": "offload=group_mixed: one block of the denoiser and one layer of the others at a time",
+    "group_leaf": "offload=group_leaf: one layer at a time, the least GPU memory",
+}
 FOUR_BIT = ("bitsandbytes_4bit",)
 
 
@@ -30,16 +30,9 @@ def next_steps(cfg, phase: str) -> List[str]:
     elif set(model.quantize) - set(quant.components):
         steps.append(f"quant.components=[{','.join(model.quantize)}] (quantize "
                      f"{', '.join(sorted(set(model.quantize) - set(quant.components)))} too)")
-    names = [name for name, _ in OFFLOAD_LADDER]
-    current = cfg.offload.name if cfg.offload.name in names else None
-    if cfg.offload.method == "group" and cfg.offload.offload_type == "block_level" \
-            and cfg.offload.others_offload_type != "leaf_level":
-        # a text encoder without a top-level block list moves whole at block level (T5: 3.8 GB on the GPU)
-        steps.append("offload.others_offload_type=leaf_level: the text encoders and VAE one layer at a time")
-    elif current is not None and names.index(current) + 1 < len(names):
-        steps.append(OFFLOAD_LADDER[names.index(current) + 1][1])
-    elif current is None and cfg.offload.method == "sequential" and quant.backend is None:
-        steps.append("quant=nf4 with offload=group_leaf")
+    following = NEXT_OFFLOAD.get(_offload_kind(cfg.offload))
+    if following:
+        steps.append(OFFLOADS[following])
     if "call" in phase:  # activations: they grow with the size of what is made, not with the weights
         run = cfg.run
         if run.batch > 1:
@@ -51,6 +44,15 @@ def next_steps(cfg, phase: str) -> List[str]:
             width = model.size_multiple * max(1, run.width // 2 // model.size_multiple)
             steps.append(f"a smaller image (run.height={half} run.width={width}, now {run.height}x{run.width})")
     return steps
+
+
+def _offload_kind(offload) -> str:
+    """The packaged option an offload config amounts to, whatever its name (overrides included)."""
+    if offload.method == "group":
+        if offload.offload_type == "leaf_level":
+            return "group_leaf"
+        return "group_mixed" if offload.others_offload_type == "leaf_level" else "group_block"
+    return offload.method or "none"
 
 
 def fitting_in_sweep(run_dir: Path, setting: str, capacity_gb: float, key: str) -> List[str]:

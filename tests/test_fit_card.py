@@ -137,13 +137,14 @@ def test_four_bit_state_hook_sits_inside_group_offload(make_cfg):
 
 @pytest.mark.parametrize("overrides,phase,expected,absent", [
     ([], "load and placement", ["quant=nf4", "offload=model"], ["run.height", "run.batch"]),
-    (["quant=nf4", "offload=model"], "measured call 1", ["offload=group_block", "run.height=32 run.width=32"],
+    (["quant=nf4", "offload=model"], "measured call 1", ["offload=group_mixed", "run.height=32 run.width=32"],
      ["quant=nf4", "offload=model:"]),
     (["quant=nf4", "quant.components=[transformer]", "offload=group_block"], "warm-up call 1",
-     ["quant.components=[transformer,text_encoder_2]", "offload.others_offload_type=leaf_level"],
+     ["quant.components=[transformer,text_encoder_2]", "offload=group_mixed"],
      ["offload=group_block", "offload=group_leaf"]),
     (["quant=nf4", "offload=group_block", "offload.others_offload_type=leaf_level"], "warm-up call 1",
-     ["offload=group_leaf", "a smaller image"], ["others_offload_type"]),
+     ["offload=group_leaf", "a smaller image"], ["group_mixed"]),
+    (["quant=nf4", "offload=group_mixed"], "load and placement", ["offload=group_leaf"], ["group_mixed"]),
     (["quant=int8", "offload=group_leaf", "run.batch=2"], "measured call 1", ["quant=nf4", "run.batch=1"],
      ["offload=", "run.height"]),
     (["quant=nf4", "offload=group_leaf"], "load and placement", [], ["quant=", "offload="]),
@@ -332,7 +333,7 @@ def test_a_cap_the_weights_alone_exceed_is_refused_before_loading(offload, refus
         check_fits(plan, source, cfg)
     (line,) = error.value.lines
     assert "run.memory_limit_gb=0.0001: does not fit" in line and refused in line and "fix:" in line
-    next_offload = {"none": "offload=model", "model": "offload=group_block"}[offload]
+    next_offload = {"none": "offload=model", "model": "offload=group_mixed"}[offload]
     assert next_offload in line
     cfg, plan = capped_plan(make_cfg, f"offload={offload}", "run.memory_limit_gb=1")
     check_fits(plan, source, cfg)  # 1 GB holds the tiny model's weights
