@@ -83,6 +83,25 @@ def test_changed_settings_are_a_new_copy(change, tmp_path, make_cfg, quantize_ca
     assert quantize_calls and len(kept_folders(tmp_path)) == 2
 
 
+def test_a_changed_source_is_a_new_copy_never_a_stale_load(tmp_path, make_cfg, quantize_calls):
+    """A local model (model.path) whose weights change: the kept copy of the old weights is not loaded."""
+    import os
+    import shutil
+
+    from qco.models.source import resolve_source
+
+    source = tmp_path / "my_flux"
+    shutil.copytree(resolve_source(make_cfg().model, make_cfg().paths.models), source)
+    store = tmp_path / "store"
+    cfg = make_cfg("quant=nf4", f"model.path={source}", f"paths.quantized={store}", "run.device=cpu")
+    build(cfg)
+    weights = source / "transformer" / "diffusion_pytorch_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten
+    quantize_calls.clear()
+    build(cfg)
+    assert quantize_calls and len(kept_folders(store)) == 2
+
+
 def test_store_off_keeps_nothing(tmp_path, make_cfg):
     build(make_cfg("quant=nf4", f"paths.quantized={tmp_path}", "quant.store=false", "run.device=cpu"))
     assert not tmp_path.exists() or kept_folders(tmp_path) == []

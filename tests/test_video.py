@@ -46,6 +46,7 @@ def gif_frames(path):
     ("nf4", "model", "none"),
     ("nf4", "group_leaf", "none"),
     ("none", "group_block", "none"),
+    ("nf4", "group_mixed", "none"),  # UMT5 and the VAE by layers, the transformer by blocks; the 4-bit state hook
     ("none", "none", "regional"),  # WanTransformer3DModel lists _repeated_blocks; about 15 s cold
 ])
 def test_tiny_wan_run_writes_a_real_video(quant, offload, compile_, make_cfg, composed, tmp_path):
