@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -102,7 +103,9 @@ def generate_reference(plan: Plan, kwargs: dict, seed: int) -> List[Image.Image]
 
 
 def measure_quality(cfg, plan: Plan, kwargs: dict, images: List[Image.Image]) -> dict:
-    """PSNR and SSIM of this run's images against the reference, which is made first if not cached."""
+    """PSNR and SSIM of this run's images against the reference, which is made first if not cached; the
+    seconds this took (after the measured calls: never part of their latency)."""
+    start = time.perf_counter()
     folder, key = reference_folder(cfg, plan)
     references = load_reference(folder)
     if references is None:
@@ -115,4 +118,5 @@ def measure_quality(cfg, plan: Plan, kwargs: dict, images: List[Image.Image]) ->
             log.info("Making the reference image (nothing applied) into %s", folder)
             references, made_by = generate_reference(plan, kwargs, cfg.run.seed), "a run of qco"
         save_reference(folder, references, key, made_by)
-    return {**compare(images, references), "reference": str(folder)}
+    return {**compare(images, references, plan.target.device), "reference": str(folder),
+            "seconds": time.perf_counter() - start}
