@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The core issue's GPU proof: the seed's rows and the design card's example through qco, on the
+# The core issue's GPU proof: the guide's rows and the design card's example through qco, on the
 # FLUX.1-dev architecture at full size with random weights (model=flux_dev_random), 1024x1024,
 # 28 steps, 1 warm-up + 3 timed calls. Each row is its own process, so nothing carries over.
 # Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_core.sh OUT_DIR [ROW ...]

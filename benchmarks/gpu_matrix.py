@@ -19,7 +19,7 @@ from pathlib import Path
 QUANTS = ["none", "nf4", "fp4", "int8", "torchao_int8wo", "torchao_fp8"]
 OFFLOADS = ["none", "model", "sequential", "group_block", "group_leaf"]
 EXTRA = [
-    # nf4 + group offload: which of its settings matter (findings.md: CUBLAS error with streams)
+    # nf4 + group offload: which of its settings matter (a CUBLAS error with streams: results/gpu_matrix.md)
     ["quant=nf4", "offload=group_block", "offload.use_stream=false"],
     ["quant=nf4", "offload=group_block", "offload.record_stream=true"],
     ["quant=nf4", "offload=group_block", "offload.low_cpu_mem_usage=true"],

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's claim, measured: quantization + group offload against quantization + model offload, for
+# The guide's claim, measured: quantization + group offload against quantization + model offload, for
 # a video model (Wan 2.1 text-to-video 14B, full size, random weights) and an image model (FLUX.1-dev
 # architecture), each pair a qco sweep on one GPU, one process per job.
 # bitsandbytes + block-level group offload is refused (qco/rules.py), so group offload is leaf level.
@@ -10,7 +10,7 @@ out=${1:?usage: gpu_video.sh OUT_DIR [video|image ...]}; shift
 parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(image video)
 for part in "${parts[@]}"; do
   case $part in
-    image)  # 1024x1024, 28 steps, as in the seed
+    image)  # 1024x1024, 28 steps, as in the guide
       python -m qco -m model=flux_dev_random run.device=cuda quant=nf4 offload=model,group_leaf \
         run.quality=false hydra.sweep.dir="$out/image" ;;
     video)  # 480x832, 33 frames (9 latent frames), 10 steps: each step is two forward passes (guidance)

@@ -1,4 +1,4 @@
-"""The same work as a qco run, written by hand against diffusers, the way the seed's guide does it.
+"""The same work as a qco run, written by hand against diffusers, the way the guide does it.
 It imports nothing from qco, so benchmarks/compare.py can measure what qco adds on top of diffusers.
 
     python benchmarks/plain_diffusers.py MODEL_DIR --quant nf4 --compile max-autotune --offload model \
@@ -25,7 +25,7 @@ GB = 1024**3
 
 def load(args):
     quantization = None
-    if args.quant == "nf4":  # the seed's step 1
+    if args.quant == "nf4":  # the guide's step 1
         quantization = PipelineQuantizationConfig(
             quant_backend="bitsandbytes_4bit",
             quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
@@ -51,16 +51,16 @@ def place(pipe, args):
 def compile_transformer(pipe, args):
     if args.compile == "none":
         return
-    torch._dynamo.config.capture_dynamic_output_shape_ops = True  # the seed's step 2 (bitsandbytes)
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True  # the guide's step 2 (bitsandbytes)
     offloading = args.offload != "none"
     if offloading:
-        torch._dynamo.config.cache_size_limit = 1000  # the seed's step 3
+        torch._dynamo.config.cache_size_limit = 1000  # the guide's step 3
     if args.compile == "regional":
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
         return
     if args.compile == "max-autotune":
         pipe.transformer.to(memory_format=torch.channels_last)
-    # offload hooks cannot be traced into one graph: the seed compiles without fullgraph there
+    # offload hooks cannot be traced into one graph: the guide compiles without fullgraph there
     pipe.transformer.compile(mode=args.compile, fullgraph=not offloading)
 
 

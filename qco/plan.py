@@ -175,7 +175,7 @@ def draft_plan(cfg, target: Target) -> Plan:
             place.others_offload_type = offload.others_offload_type
     else:
         # the execution device is named even on a CPU: enable_model_cpu_offload() alone refuses
-        # without an accelerator, with device="cpu" its hooks attach and fire (findings.md)
+        # without an accelerator, with device="cpu" its hooks attach and fire (tests/test_combinations.py)
         place = PlaceStep(offload.method, {"device": target.device}, pinned=offload.method == "model"
                           and offload.pin_memory)
     compile_step = CompileStep(method=comp.method, component=cfg.model.denoiser)

@@ -1,7 +1,7 @@
 """Every rule about combinations, in one table. A rule either adjusts the plan (and the run logs
 one line saying what changed and why) or refuses it before any weights load, with one line that
-says why and what to do instead. The reasons come from runs recorded in docs (findings.md) and
-benchmarks/; a rule without a measured reason does not belong here."""
+says why and what to do instead. The reasons come from runs recorded in benchmarks/README.md and
+benchmarks/results/, and from the tests; a rule without a measured reason does not belong here."""
 
 import importlib.util
 import logging
@@ -255,7 +255,7 @@ RULES: List[Rule] = [
          adjust=_fullgraph_off,
          reason="offload hooks call torch.compiler.disable, which a fullgraph compile cannot trace "
                 "(torch._dynamo.exc.Unsupported: Attempted to call function marked as skipped); "
-                "the seed compiles without fullgraph when offloading"),
+                "the guide compiles without fullgraph when offloading"),
     Rule("channels_last_is_4d_only",
          when=lambda p: _compiling(p) and p.compile.channels_last and p.video,
          adjust=_channels_last_off,
@@ -265,7 +265,7 @@ RULES: List[Rule] = [
     Rule("recompile_limit_with_offload",
          when=lambda p: _compiling(p) and _offloading(p) and bool(p.compile.dynamo_with_offload),
          adjust=_recompile_limit,
-         reason="offload hooks move weights between calls and trigger recompiles; the seed raises "
+         reason="offload hooks move weights between calls and trigger recompiles; the guide raises "
                 "dynamo's cache_size_limit so that they do not fall back to eager"),
 ]
 
