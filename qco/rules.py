@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 class Rule:
     name: str
     when: Callable[[Plan], bool]
-    reason: str
+    reason: str  # one line: printed in a refusal and logged with an adjustment
     adjust: Optional[Callable[[Plan], str]] = None  # returns what it changed; None: refuse
     fix: str = ""  # for a refusal: what the user can run instead
     detail: Optional[Callable[[Plan], str]] = None  # for a refusal: what in this plan it is about
+    evidence: str = ""  # the measurement behind the reason (error, versions, card), as README's rules table has it
 
 
 def _bitsandbytes(plan: Plan) -> bool:
@@ -137,16 +138,18 @@ RULES: List[Rule] = [
          when=lambda p: bool(p.load.quant_components) and p.components is not None
          and not set(p.load.quant_components) <= p.components,
          detail=_missing_quant_components,
-         reason="a component the model does not have cannot be quantized, and leaving it out would measure a "
-                "less quantized model under the quantization's name",
+         reason="a component the model lacks cannot be quantized, and leaving it out would mislabel the run",
+         evidence="a component the model does not have cannot be quantized, and leaving it out would measure a "
+                  "less quantized model under the quantization's name",
          fix="name only the model's components, e.g. quant.components=[transformer]"),
     Rule("fp8_needs_sm89", when=_fp8_unsupported,
          reason="float8 matmuls need a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)",
          fix="run it on such a GPU, or choose quant=torchao_int8wo / nf4"),
     Rule("sequential_needs_accelerator",
          when=lambda p: p.place.method == "sequential" and not p.target.is_cuda,
-         reason="enable_sequential_cpu_offload streams each layer to an accelerator; with the CPU as "
-                "execution device accelerate fails inside its hooks at the first call",
+         reason="sequential offload streams each layer to an accelerator; on a CPU accelerate fails in its hooks",
+         evidence="enable_sequential_cpu_offload streams each layer to an accelerator; with the CPU as "
+                  "execution device accelerate fails inside its hooks at the first call",
          fix="on a CPU use offload=model or offload=group_block (their hooks run on CPU)"),
     Rule("streams_need_cuda",
          when=lambda p: p.place.method == "group" and p.place.kwargs["use_stream"] and not p.target.is_cuda,
@@ -155,43 +158,49 @@ RULES: List[Rule] = [
     Rule("record_stream_needs_stream",
          when=lambda p: p.place.method == "group" and p.place.kwargs["record_stream"]
          and p.place.kwargs["use_stream"] is False,
-         reason="record_stream marks the tensors copied on the prefetch stream, so there must be one "
-                "(diffusers: ValueError: `record_stream` cannot be True when `use_stream=False`); "
-                "streams are off here (offload.use_stream=false)",
+         reason="record_stream marks the tensors copied on the prefetch stream, and streams are off",
+         evidence="record_stream marks the tensors copied on the prefetch stream, so there must be one "
+                  "(diffusers: ValueError: `record_stream` cannot be True when `use_stream=False`); "
+                  "streams are off here (offload.use_stream=false)",
          fix="offload.record_stream=false, or on a CUDA GPU offload.use_stream=null"),
     Rule("bitsandbytes_4bit_compile_on_cpu",
          when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and _compiling(p) and not p.target.is_cuda
          and p.compile.kwargs.get("mode") != "max-autotune",
-         reason="bitsandbytes repacks 4-bit weights for its CPU kernel inside the first forward, and code "
-                "compiled in this mode replays the repacking on packed weights (AssertionError: expected "
-                "size 2048==64; torch 2.13 + bitsandbytes 0.50.2, full and regional alike); "
-                "mode max-autotune runs",
+         reason="bitsandbytes repacks 4-bit weights in the first CPU forward, which code compiled in this mode replays",
+         evidence="bitsandbytes repacks 4-bit weights for its CPU kernel inside the first forward, and code "
+                  "compiled in this mode replays the repacking on packed weights (AssertionError: expected "
+                  "size 2048==64; torch 2.13 + bitsandbytes 0.50.2, full and regional alike); "
+                  "mode max-autotune runs",
          fix="compile=max_autotune or compile.mode=max-autotune, or quant=int8 / torchao_int8wo"),
     Rule("memory_cap_needs_cuda",
          when=lambda p: p.memory_limit_gb is not None and not p.target.is_cuda,
-         reason="run.memory_limit_gb caps the CUDA caching allocator, and a CPU run has none: the cap would "
-                "not hold, and the run would claim a fit that was never tested",
+         reason="the cap is the CUDA allocator's: on a CPU it would not hold, and would claim a fit never tested",
+         evidence="run.memory_limit_gb caps the CUDA caching allocator, and a CPU run has none: the cap would "
+                  "not hold, and the run would claim a fit that was never tested",
          fix="run.memory_limit_gb=null on a CPU (its host memory is recorded as host_peak_gb), or run.device=cuda"),
     Rule("bitsandbytes_int8_block_group_offload",
          when=lambda p: p.load.quant_backend == "bitsandbytes_8bit" and p.target.is_cuda
          and p.place.method == "group" and p.place.kwargs["offload_type"] == "block_level",
-         reason="block-level group offload moves the blocks' weights' storage (param.data) one way and whole "
-                "modules (module.to) the other, and bitsandbytes' int8 keeps its scales (SCB) in an attribute "
-                "beside each weight, which is left on the CPU: 'Expected a cuda device, but got: cpu' (streams on "
-                "or off; diffusers 0.42.1, bitsandbytes 0.50.2, H200: benchmarks/results/gpu_matrix.md); the "
-                "4-bit types run, their state follows the weights (bitsandbytes_4bit_state_follows_weights)",
+         reason="block-level group offload leaves int8's scales (SCB) on the CPU under weights on the GPU",
+         evidence="block-level group offload moves the blocks' weights' storage (param.data) one way and whole "
+                  "modules (module.to) the other, and bitsandbytes' int8 keeps its scales (SCB) in an attribute "
+                  "beside each weight, which is left on the CPU: 'Expected a cuda device, but got: cpu' (streams on "
+                  "or off; diffusers 0.42.1, bitsandbytes 0.50.2, H200: benchmarks/results/gpu_matrix.md); the "
+                  "4-bit types run, their state follows the weights (bitsandbytes_4bit_state_follows_weights)",
          fix="offload=group_leaf with int8 (leaf level with streams runs), or quant=nf4 with group_block"),
     Rule("bitsandbytes_4bit_sequential_offload",
          when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and p.target.is_cuda
          and p.place.method == "sequential",
-         reason="sequential offload re-creates each weight from the meta device at every call, which "
-                "bitsandbytes' 4-bit parameters cannot do (NotImplementedError: Cannot copy out of meta "
-                "tensor; no data!, in accelerate's set_module_tensor_to_device; H200)",
+         reason="sequential offload re-creates weights from the meta device, which 4-bit parameters cannot do",
+         evidence="sequential offload re-creates each weight from the meta device at every call, which "
+                  "bitsandbytes' 4-bit parameters cannot do (NotImplementedError: Cannot copy out of meta "
+                  "tensor; no data!, in accelerate's set_module_tensor_to_device; H200)",
          fix="offload=group_leaf or offload=model, or quant=int8 (which runs with sequential offload)"),
     Rule("fuse_qkv_bitsandbytes", when=lambda p: _fusing_quantized(p, "bitsandbytes"),
-         reason="fuse_qkv_projections concatenates the q, k and v weights into a new Linear, and "
-                "bitsandbytes' packed uint8 weights cannot become one (RuntimeError: Only Tensors of floating "
-                "point and complex dtype can require gradients; bitsandbytes quantizes at load only)",
+         reason="fusing concatenates q, k and v into a new Linear, which bitsandbytes' packed weights cannot become",
+         evidence="fuse_qkv_projections concatenates the q, k and v weights into a new Linear, and "
+                  "bitsandbytes' packed uint8 weights cannot become one (RuntimeError: Only Tensors of floating "
+                  "point and complex dtype can require gradients; bitsandbytes quantizes at load only)",
          fix="tweaks.fuse_qkv=false with bitsandbytes, or quant=torchao_int8wo / torchao_fp8 (quantized after "
              "fusion)"),
     Rule("attention_backend_needs_cuda",
@@ -204,69 +213,80 @@ RULES: List[Rule] = [
          fix="install it (e.g. pip install flash-attn for attention=flash), or attention=native_cudnn / "
              "native_flash (torch's own kernels)"),
     Rule("regional_needs_repeated_blocks", when=_no_regional_blocks,
-         reason="compile_repeated_blocks compiles the classes listed in the denoiser's _repeated_blocks, "
-                "and this denoiser class lists none",
+         reason="compile_repeated_blocks compiles the denoiser's _repeated_blocks, and this class lists none",
+         evidence="compile_repeated_blocks compiles the classes listed in the denoiser's _repeated_blocks, "
+                  "and this denoiser class lists none",
          fix="compile=default or compile=max_autotune (whole-module compile)"),
     # --- adjustments: the combination runs once these change; each is logged ---
     Rule("torchao_quantizes_after_fusion",
          when=lambda p: _fusing_quantized(p, "torchao"),
          adjust=_quantize_after_fusion,
-         reason="fuse_qkv_projections concatenates the q, k and v weights, which torchao's quantized tensors "
-                "cannot do (NotImplementedError: Int8Tensor dispatch: unimplemented aten.cat; torchao 0.18), "
-                "so the denoiser is fused first and quantized after, as diffusers-torchao does"),
+         reason="torchao's quantized tensors cannot be concatenated, so the denoiser is fused first, then quantized",
+         evidence="fuse_qkv_projections concatenates the q, k and v weights, which torchao's quantized tensors "
+                  "cannot do (NotImplementedError: Int8Tensor dispatch: unimplemented aten.cat; torchao 0.18), "
+                  "so the denoiser is fused first and quantized after, as diffusers-torchao does"),
     Rule("no_fullgraph_with_step_cache",
          when=lambda p: p.cache.method is not None and _compiling(p) and p.compile.kwargs.get("fullgraph"),
          adjust=_fullgraph_off,
-         reason="step caches decide at run time whether to skip, in functions marked torch.compiler.disable, "
-                "which a fullgraph compile cannot trace (torch._dynamo.exc.Unsupported: Skip inlining "
-                "TaylorSeerCacheHook._measure_should_compute; torch 2.13)"),
+         reason="step caches decide in compiler-disabled code, which a fullgraph compile cannot trace",
+         evidence="step caches decide at run time whether to skip, in functions marked torch.compiler.disable, "
+                  "which a fullgraph compile cannot trace (torch._dynamo.exc.Unsupported: Skip inlining "
+                  "TaylorSeerCacheHook._measure_should_compute; torch 2.13)"),
     Rule("vae_channels_last_is_4d_only",
          when=lambda p: p.tune.vae_channels_last and p.video,
          adjust=_vae_channels_last_off,
-         reason="a video VAE's convolutions are 3-D, with 5-D weights, and channels_last is a layout of 4-D "
-                "tensors (RuntimeError: required rank 4 tensor to use channels_last format; AutoencoderKLWan)"),
+         reason="a video VAE's 3-D convolutions have 5-D weights; channels_last is a layout of 4-D tensors",
+         evidence="a video VAE's convolutions are 3-D, with 5-D weights, and channels_last is a layout of 4-D "
+                  "tensors (RuntimeError: required rank 4 tensor to use channels_last format; AutoencoderKLWan)"),
     Rule("bitsandbytes_4bit_state_follows_weights",
          when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and p.place.method == "group",
          adjust=_quant_state_follows,
-         reason="group offload moves each weight's storage (param.data) but not bitsandbytes' quantization state "
-                "(absmax, code), an attribute beside it, so a weight could reach the GPU without its state "
-                "(CUBLAS_STATUS_EXECUTION_FAILED at block level, H200); a hook inside group offload's moves the "
-                "state to the weight's device before each 4-bit layer runs; streamed groups never move it back, so "
-                "there it stays (1.0 GB for nf4 Flux: absmax in float32, 1/8 of the 4-bit weights' bytes)"),
+         reason="group offload moves a weight but not its 4-bit quantization state; a hook moves the state with it",
+         evidence="group offload moves each weight's storage (param.data) but not bitsandbytes' quantization state "
+                  "(absmax, code), an attribute beside it, so a weight could reach the GPU without its state "
+                  "(CUBLAS_STATUS_EXECUTION_FAILED at block level, H200); a hook inside group offload's moves the "
+                  "state to the weight's device before each 4-bit layer runs; streamed groups never move it back, so "
+                  "there it stays (1.0 GB for nf4 Flux: absmax in float32, 1/8 of the 4-bit weights' bytes)"),
     Rule("streams_where_cuda",
          when=lambda p: p.place.method == "group" and p.place.kwargs["use_stream"] is None,
          adjust=_stream_where_cuda,
-         reason="prefetching on a CUDA stream overlaps transfers with compute; a CPU has no streams (and "
-                "record_stream, which marks the stream's tensors, goes with them)"),
+         reason="prefetching on a CUDA stream overlaps copies with compute; a CPU has no streams",
+         evidence="prefetching on a CUDA stream overlaps transfers with compute; a CPU has no streams (and "
+                  "record_stream, which marks the stream's tensors, goes with them)"),
     Rule("bitsandbytes_on_cpu",
          when=lambda p: _bitsandbytes(p) and not p.target.is_cuda,
          adjust=_bitsandbytes_cpu_load,
-         reason="bitsandbytes >= 0.48 runs nf4/fp4/int8 on CPU, but diffusers refuses without a GPU "
-                "('No GPU found') and quantizes on a GPU unless the weights are placed on the CPU at load"),
+         reason="bitsandbytes runs on a CPU, but diffusers refuses without a GPU unless the weights load to the CPU",
+         evidence="bitsandbytes >= 0.48 runs nf4/fp4/int8 on CPU, but diffusers refuses without a GPU "
+                  "('No GPU found') and quantizes on a GPU unless the weights are placed on the CPU at load"),
     Rule("bitsandbytes_4bit_loads_on_the_cpu_when_offloading",
          when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and p.target.is_cuda and _offloading(p),
          adjust=_bitsandbytes_cpu_load,
-         reason="offloaded weights live on the CPU, but bitsandbytes quantizes onto the GPU, so every quantized "
-                "component would first be whole on the GPU (10.35 GB for Flux at load: more than a small card "
-                "has); on the CPU it is slower (Flux: 124.5 s against about 9 s on an H100), once: the "
-                "quantized components are kept (paths.quantized) and later runs load them"),
+         reason="offloaded weights live on the host; quantized on the GPU they would all be there first",
+         evidence="offloaded weights live on the CPU, but bitsandbytes quantizes onto the GPU, so every quantized "
+                  "component would first be whole on the GPU (10.35 GB for Flux at load: more than a small card "
+                  "has); on the CPU it is slower (Flux: 124.5 s against about 9 s on an H100), once: the "
+                  "quantized components are kept (paths.quantized) and later runs load them"),
     Rule("no_fullgraph_across_offload_hooks",
          when=lambda p: _compiling(p) and _offloading(p) and p.compile.kwargs.get("fullgraph"),
          adjust=_fullgraph_off,
-         reason="offload hooks call torch.compiler.disable, which a fullgraph compile cannot trace "
-                "(torch._dynamo.exc.Unsupported: Attempted to call function marked as skipped); "
-                "the guide compiles without fullgraph when offloading"),
+         reason="offload hooks call torch.compiler.disable, which a fullgraph compile cannot trace",
+         evidence="offload hooks call torch.compiler.disable, which a fullgraph compile cannot trace "
+                  "(torch._dynamo.exc.Unsupported: Attempted to call function marked as skipped); "
+                  "the guide compiles without fullgraph when offloading"),
     Rule("channels_last_is_4d_only",
          when=lambda p: _compiling(p) and p.compile.channels_last and p.video,
          adjust=_channels_last_off,
-         reason="torch.channels_last is a layout of 4-D tensors, and a video denoiser patchifies with a Conv3d "
-                "whose weight is 5-D (RuntimeError: required rank 4 tensor to use channels_last format; "
-                "WanTransformer3DModel, torch 2.13); its Linear layers are the same either way"),
+         reason="a video denoiser patchifies with a Conv3d, whose 5-D weight cannot take channels_last",
+         evidence="torch.channels_last is a layout of 4-D tensors, and a video denoiser patchifies with a Conv3d "
+                  "whose weight is 5-D (RuntimeError: required rank 4 tensor to use channels_last format; "
+                  "WanTransformer3DModel, torch 2.13); its Linear layers are the same either way"),
     Rule("recompile_limit_with_offload",
          when=lambda p: _compiling(p) and _offloading(p) and bool(p.compile.dynamo_with_offload),
          adjust=_recompile_limit,
-         reason="offload hooks move weights between calls and trigger recompiles; the guide raises "
-                "dynamo's cache_size_limit so that they do not fall back to eager"),
+         reason="offload hooks move weights between calls and trigger recompiles; the guide raises the limit",
+         evidence="offload hooks move weights between calls and trigger recompiles; the guide raises "
+                  "dynamo's cache_size_limit so that they do not fall back to eager"),
 ]
 
 
