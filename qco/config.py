@@ -134,6 +134,7 @@ class RunConfig:
     memory_limit_gb: Optional[float] = None  # cap GPU memory, to see what a smaller card fits
     dry_run: bool = False  # check and print the plan, load nothing
     quality: bool = True  # compare the image with the reference made with nothing applied (qco/reference.py)
+    library_logs: bool = False  # the libraries' own warnings and loading bars (qco/console.py)
 
 
 @dataclass

@@ -148,9 +148,17 @@ def _gb(value) -> str:
 def summary_table(results: dict) -> str:
     t, m = results["timings"], results["memory"]
     latency = t["latency_s"]
-    header = ("| combination | load s | first call s | latency s (mean +- stdev, n) | step s (p50) "
-              "| peak alloc GB | peak reserved GB | host peak GB |")
-    row = (f"| {results['combination']} | {t['load_s']:.2f} | {t['first_call_s']:.2f} "
-           f"| {latency['mean']:.3f} +- {latency['stdev']:.3f} ({latency['n']}) | {t['step_s']['p50']:.4f} "
-           f"| {_gb(m['peak_allocated_gb'])} | {_gb(m['peak_reserved_gb'])} | {_gb(m['host_peak_gb'])} |")
-    return "\n".join([header, "|" + "---|" * 8, row])
+    header = ["combination", "load s", "first call s", "latency s (mean +- stdev, n)", "step s (p50)",
+              "peak alloc GB", "peak reserved GB", "host peak GB"]
+    row = [results["combination"], f"{t['load_s']:.2f}", f"{t['first_call_s']:.2f}",
+           f"{latency['mean']:.3f} +- {latency['stdev']:.3f} ({latency['n']})", f"{t['step_s']['p50']:.4f}",
+           _gb(m["peak_allocated_gb"]), _gb(m["peak_reserved_gb"]), _gb(m["host_peak_gb"])]
+    return aligned([header, row])
+
+
+def aligned(rows) -> str:
+    """A Markdown table padded so that its columns line up in a terminal too."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    return "\n".join(lines)

@@ -4,7 +4,6 @@ says why and what to do instead. The reasons come from runs recorded in benchmar
 benchmarks/results/, and from the tests; a rule without a measured reason does not belong here."""
 
 import importlib.util
-import logging
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -13,7 +12,6 @@ import diffusers
 from qco.errors import QcoError
 from qco.plan import Plan
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -300,7 +298,5 @@ def apply_rules(plan: Plan, combination: str) -> Plan:
                         for line in refusals])
     for rule in RULES:
         if rule.adjust is not None and rule.when(plan):
-            note = f"{rule.adjust(plan)} ({rule.name}: {rule.reason})"
-            plan.notes.append(note)
-            log.info("Adjusted %s", note)
+            plan.notes.append(f"{rule.adjust(plan)} ({rule.name}: {rule.reason})")  # logged with the plan, once
     return plan

@@ -63,6 +63,9 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
         problems = check_values(cfg)
         if problems:  # before torch loads: quick, and with no library's warnings in front
             raise QcoError(problems)
+        from qco.console import quiet_libraries
+
+        quiet_libraries(cfg.run.library_logs)  # before the libraries load: their import-time warnings too
         from qco.execute import check_and_plan, measure_run
         from qco.models.source import resolve_source
 

@@ -94,3 +94,9 @@ def qco_cli(args, cwd: Path, models: Path, timeout: float = 300, module: str = "
 def error_lines(result):
     """The `qco: error:` lines of a command's stderr."""
     return [line for line in result.stderr.splitlines() if line.startswith("qco: error:")]
+
+
+def table_rows(markdown: str):
+    """The cells of a Markdown table's rows (header first, the separator left out), stripped of padding."""
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in markdown.splitlines()
+            if line.startswith("|") and not set(line) <= set("|-: ")]

@@ -16,7 +16,7 @@ from qco.oom import next_steps
 from qco.recommend import main as recommend_main
 from qco.sweep.aggregate import card, load_rows
 from qco.sweep.job import fits_a_smaller_cap
-from tests.helpers import build, count_calls, error_lines, generate, qco_cli
+from tests.helpers import build, error_lines, generate, qco_cli, table_rows
 
 
 @pytest.fixture
@@ -219,9 +219,8 @@ def test_aggregate_writes_the_card_with_each_caps_command(card_sweep):
     from qco.sweep.aggregate import aggregate
 
     aggregate(card_sweep)
-    lines = (card_sweep / "card.md").read_text().splitlines()
-    four = next(line for line in lines if line.startswith("| 4 |"))
-    assert "`python -m qco quant=nf4 offload=group_block run.memory_limit_gb=4`" in four and "5.900" in four
+    four = next(row for row in table_rows((card_sweep / "card.md").read_text()) if row[0] == "4")
+    assert four[-1] == "`python -m qco quant=nf4 offload=group_block run.memory_limit_gb=4`" and four[2] == "5.900"
     assert "cap_gb" in (card_sweep / "sweep.csv").read_text().splitlines()[0]
 
 

@@ -92,19 +92,19 @@ def card(rows: List[dict]) -> List[dict]:
 
 def card_markdown(rows: List[dict]) -> str:
     from qco.recommend import command_line
+    from qco.report import aligned
 
-    lines = ["| card (GB) | fastest that ran under this cap or a smaller one | latency s | peak reserved GB | "
-             "SSIM | PSNR dB | command |", "|---|---|---|---|---|---|---|"]
+    table = [["card (GB)", "fastest that ran under this cap or a smaller one", "latency s", "peak reserved GB",
+              "SSIM", "PSNR dB", "command"]]
     for entry in card(rows):
         row = entry["row"]
         if row is None:
-            lines.append(f"| {entry['cap_gb']:g} | nothing ran under this cap | - | - | - | - | - |")
+            table.append([f"{entry['cap_gb']:g}", "nothing ran under this cap", "-", "-", "-", "-", "-"])
             continue
         psnr = "identical" if row.get("identical") else _cell(row.get("psnr_db"))
-        lines.append(f"| {entry['cap_gb']:g} | {row['job']} (under {row['cap_gb']:g}) | {row['latency_s']:.3f} | "
-                     f"{_cell(row.get('peak_reserved_gb'))} | {_cell(row.get('ssim'))} | {psnr} | "
-                     f"`{command_line(row)}` |")
-    return "\n".join(lines) + "\n"
+        table.append([f"{entry['cap_gb']:g}", f"{row['job']} (under {row['cap_gb']:g})", f"{row['latency_s']:.3f}",
+                      _cell(row.get("peak_reserved_gb")), _cell(row.get("ssim")), psnr, f"`{command_line(row)}`"])
+    return aligned(table) + "\n"
 
 
 def _quality(quality: Optional[dict]) -> dict:
@@ -160,14 +160,16 @@ def _cell(value) -> str:
 
 
 def markdown(rows: List[dict]) -> str:
+    from qco.report import aligned
+
     front = {id(r) for r in pareto_front(rows)}
-    lines = ["| " + " | ".join(COLUMNS + ["pareto"]) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    table = [COLUMNS + ["pareto"]]
     for row in rows:
         cells = {c: _cell(row.get(c)) for c in COLUMNS}
         if row.get("identical"):
             cells["psnr_db"] = "identical"  # infinite: the run is the reference, or matches it exactly
-        lines.append("| " + " | ".join(cells[c] for c in COLUMNS) + f" | {'*' if id(row) in front else ''} |")
-    return "\n".join(lines) + "\n"
+        table.append([cells[c] for c in COLUMNS] + ["*" if id(row) in front else ""])
+    return aligned(table) + "\n"
 
 
 def plot_pareto(rows: List[dict], path: Path) -> None:
