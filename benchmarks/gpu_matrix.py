@@ -42,7 +42,7 @@ def run_one(overrides, device="cuda"):
 
     from qco.config import register_configs
     from qco.errors import QcoError
-    from qco.run import run
+    from qco.runner import run
 
     register_configs()
     with initialize_config_module("qco.conf", version_base="1.3"):

@@ -1,4 +1,4 @@
-"""python -m qco [group=option ...]: compose the config with Hydra, then run it (qco/run.py)."""
+"""python -m qco [group=option ...]: compose the config with Hydra, then run it (qco/runner.py)."""
 
 import os
 import sys
@@ -35,7 +35,7 @@ def app(cfg):
 
         return sweep_job(cfg, run_dir, overrides)  # never raises for a bad row: the sweep goes on
 
-    from qco.run import run  # imports torch and diffusers: only once the config composed
+    from qco.runner import run  # imports torch and diffusers: only once the config composed
 
     try:
         run(cfg, run_dir, overrides)

@@ -1,5 +1,5 @@
 """What a run does once its values are checked: plan, load and compose, measure, compare with the
-reference. Imports torch and diffusers (qco/run.py imports this only after the value checks)."""
+reference. Imports torch and diffusers (qco/runner.py imports this only after the value checks)."""
 
 import logging
 import os
@@ -19,7 +19,7 @@ from qco.plan import Plan, draft_plan
 from qco.reference import measure_quality
 from qco.report import environment, save_image_atomic, save_video_atomic
 from qco.rules import apply_rules
-from qco.run import call_kwargs, combination
+from qco.runner import call_kwargs, combination
 from qco.sweep.aggregate import run_setting
 from qco.target import Target, resolve_target
 from qco.validate import check_names, check_values

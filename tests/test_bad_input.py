@@ -3,7 +3,7 @@ print one `qco: error:` line per problem on stderr (key=value, what is allowed, 
 traceback and no other error text, and must leave earlier outputs alone.
 
 Each run costs a fresh interpreter: the cases that fail while Hydra composes take under a second,
-the ones that get as far as qco.run import torch and diffusers first (about 6-8 s each)."""
+the ones that get as far as qco.runner import torch and diffusers first (about 6-8 s each)."""
 
 import json
 import os
@@ -231,7 +231,7 @@ def test_value_errors_come_before_torch_is_imported(tmp_path):
                             cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == EXIT_USER_ERROR
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "qco.run" in imported and not {"torch", "diffusers", "transformers"} & imported
+    assert "qco.runner" in imported and not {"torch", "diffusers", "transformers"} & imported
     assert [line for line in result.stderr.splitlines() if not line.startswith("import time:")] == [
         line for line in result.stderr.splitlines() if line.startswith("qco: error:")]
     assert len([line for line in result.stderr.splitlines() if line.startswith("qco: error:")]) == 2

@@ -17,7 +17,7 @@ import pytest
 from qco.errors import EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR, QcoError
 from qco.models.build import BUILD_MARKER
 from qco.models.source import built_folder, resolve_source
-from qco.run import run
+from qco.runner import run
 from qco.validate import check_class_names
 from tests.helpers import error_lines as errors
 from tests.helpers import qco_cli as qco
@@ -242,7 +242,7 @@ def test_running_out_of_host_memory_names_the_phase(tmp_path, models_cache):
     """A real allocation failure: the job's address space is capped after the imports."""
     script = textwrap.dedent("""
         import resource, runpy, sys
-        import torch, diffusers, transformers, qco.run  # the imports first, then the cap
+        import torch, diffusers, transformers, qco.runner  # the imports first, then the cap
         with open("/proc/self/status") as status:
             used = next(int(l.split()[1]) for l in status if l.startswith("VmSize")) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (used + 3 * 2**30, resource.RLIM_INFINITY))

@@ -78,7 +78,7 @@ def test_images_of_different_sizes_are_refused():
 # --- the reference, made for real on the tiny model ---
 
 def _run(make_cfg, tmp_path, references, *overrides):
-    from qco.run import run
+    from qco.runner import run
 
     cfg = make_cfg(*overrides, "run.repeats=1", "run.device=cpu", f"paths.references={references}")
     return run(cfg, tmp_path, list(overrides)), cfg

@@ -1,4 +1,4 @@
-"""A whole run through qco.run.run: what it writes, that it is reproducible, that a hub model's
+"""A whole run through qco.runner.run: what it writes, that it is reproducible, that a hub model's
 config works from a local copy, that building the model is cached and atomic."""
 
 import json
@@ -10,7 +10,7 @@ from PIL import Image
 from qco.errors import QcoError
 from qco.models.build import BUILD_MARKER
 from qco.models.source import built_folder
-from qco.run import run
+from qco.runner import run
 
 
 def test_run_writes_results_and_image(make_cfg, tmp_path):

@@ -1,4 +1,4 @@
-"""The video family on CPU, for real: tiny_wan through qco.run.run with quantization, offload and a
+"""The video family on CPU, for real: tiny_wan through qco.runner.run with quantization, offload and a
 regional compile; what a video run writes; the frames check; and that every full-size *_random recipe
 is the published architecture, counted on the meta device (no memory, no download)."""
 
@@ -12,7 +12,7 @@ from PIL import Image, ImageSequence
 import qco.execute
 from qco.errors import QcoError
 from qco.models.build import build_component, pipeline_class
-from qco.run import run
+from qco.runner import run
 from qco.validate import check_values
 from tests.conftest import CONF
 from tests.helpers import assert_quantized, assert_real_image, attach_offload_probe
@@ -20,7 +20,7 @@ from tests.helpers import assert_quantized, assert_real_image, attach_offload_pr
 
 @pytest.fixture
 def composed(monkeypatch):
-    """The pipeline qco.run.run composes, with an offload probe on it (the run itself is unchanged)."""
+    """The pipeline qco.runner.run composes, with an offload probe on it (the run itself is unchanged)."""
     seen = {}
     compose = qco.execute.compose_pipeline
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 def main(run_dir: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     from qco.errors import QcoError
-    from qco.run import run
+    from qco.runner import run
     from qco.sweep.isolate import JOB_FILE
 
     job = json.loads((run_dir / JOB_FILE).read_text())

@@ -48,7 +48,7 @@ def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[dic
     """The refused record of a job that the value checks, the rules or the weights' size against its memory cap
     refuse on this machine, written without starting its process; None where the job must run (or only its
     process can tell)."""
-    from qco.run import record_refusal
+    from qco.runner import record_refusal
     from qco.target import target_without_cuda
     from qco.validate import check_values
 
@@ -92,7 +92,7 @@ def fits_a_smaller_cap(cfg, run_dir: Path, overrides: List[str]) -> Optional[dic
             continue
         if same and record.get("status") == "ok" and smaller is not None and smaller < cap:
             from qco.report import write_json_atomic, write_rerun_config
-            from qco.run import new_record
+            from qco.runner import new_record
 
             reason = (f"ran under run.memory_limit_gb={smaller:g} ({sibling.parent.name}), so it fits this larger "
                       "cap: not run again")
