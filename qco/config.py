@@ -140,6 +140,7 @@ class RunConfig:
 @dataclass
 class SweepConfig:
     retry_failed: bool = False  # a rerun skips recorded combinations; true reruns the failed ones
+    remeasure: bool = False  # true: measure recorded combinations again (the earlier record is kept beside)
     objective: List[str] = field(default_factory=lambda: ["latency", "memory"])  # what a search minimises
     memory_budget_gb: Optional[float] = None  # a search: combinations above it score as failed
 

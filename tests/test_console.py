@@ -44,5 +44,6 @@ def test_help_names_the_groups_and_the_other_commands(tmp_path, models_cache):
     assert result.returncode == 0
     for text in ("offload: group_block, group_leaf, group_mixed, model, none, sequential",
                  "quant: fp4, int8, nf4, none, torchao_fp8, torchao_int8wo", "python -m qco.recommend",
-                 "python -m qco.sweep.aggregate", "qco -sc install=bash", "console script"):
+                 "python -m qco.sweep.aggregate", "python -m qco.compare", "sweep.remeasure=true",
+                 "qco -sc install=bash", "console script"):
         assert text in result.stdout, text

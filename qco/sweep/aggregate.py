@@ -13,8 +13,15 @@ from typing import List, Optional
 
 from qco.report import write_atomic, write_json_atomic, write_text_atomic
 
+# sweep.md, for reading: what tells the rows apart
 COLUMNS = ["job", "status", "cap_gb", "latency_s", "latency_stdev_s", "first_call_s", "peak_allocated_gb",
            "peak_reserved_gb", "host_peak_gb", "moved_gb_per_call", "moved_gb_s", "ssim", "psnr_db", "reason"]
+GROUPS = ("model", "quant", "compile", "offload", "attention", "cache", "tweaks")
+# sweep.csv and sweep.json, for joining: one column per group, and `key`, the same combination's name in every
+# sweep (the job's folder name depends on the sweep's overrides); image paths relative to the sweep folder
+TIDY_COLUMNS = ["key", *GROUPS, "device", "gpu", "setting", "status", "cap_gb", "latency_s", "latency_stdev_s",
+                "latency_n", "first_call_s", "peak_allocated_gb", "peak_reserved_gb", "host_peak_gb", "moved_gb_per_call",
+                "moved_gb_s", "ssim", "psnr_db", "identical", "pareto", "job", "images", "reason"]
 
 
 def load_rows(sweep_dir: Path) -> List[dict]:
@@ -50,16 +57,21 @@ def row_of(record: dict, path: Path) -> dict:
     if record.get("status") == "running":
         reason = (f"no end recorded: still running, or process {record.get('pid')} died without cleaning up "
                   "(a native crash or a kill); its log is in this folder")
+    config = record.get("config") or {}
     row = {"job": path.parent.name, "overrides": list(record.get("overrides") or []),
            "status": record.get("status"), "reason": reason, "dir": path.parent,
            "setting": run_setting(record), "combination": record.get("combination"),
-           "cap_gb": (record.get("config", {}).get("run") or {}).get("memory_limit_gb")}
+           "key": record.get("combination"), "cap_gb": (config.get("run") or {}).get("memory_limit_gb"),
+           **{group: (config.get(group) or {}).get("name") for group in GROUPS},
+           "device": (record.get("environment") or {}).get("device") or (config.get("run") or {}).get("device"),
+           "gpu": (record.get("environment") or {}).get("gpu"), "images": []}
     if record.get("status") == "ok":
         t, m = record["timings"], record["memory"]
         row.update(latency_s=t["latency_s"]["mean"], latency_stdev_s=t["latency_s"]["stdev"],
+                   latency_n=t["latency_s"].get("n"),
                    first_call_s=t["first_call_s"], peak_allocated_gb=m["peak_allocated_gb"],
                    peak_reserved_gb=m["peak_reserved_gb"], host_peak_gb=m["host_peak_gb"],
-                   images=[str(path.parent / name) for name in record.get("images", [])
+                   images=[f"{path.parent.name}/{name}" for name in record.get("images", [])
                            if (path.parent / name).is_file()],
                    machine=_machine(record.get("environment", {})),
                    **_quality(record.get("quality")), **_moved(m.get("transfers")),
@@ -221,7 +233,7 @@ def image_grid(rows: List[dict], path: Path, tile: int = 256) -> None:
     draw = ImageDraw.Draw(grid)
     for index, row in enumerate(done):
         x, y = index % columns * tile, index // columns * (tile + label_height)
-        with Image.open(row["images"][0]) as image:
+        with Image.open(row["dir"].parent / row["images"][0]) as image:  # relative to the sweep folder
             grid.paste(image.convert("RGB").resize((tile, tile)), (x, y))
         draw.text((x + 4, y + tile + 2), row["job"][:48], fill="black")
         draw.text((x + 4, y + tile + 14), f"{row['latency_s']:.3f} s", fill="black")
@@ -238,13 +250,14 @@ def aggregate(sweep_dir: Path) -> List[dict]:
     rows = load_rows(sweep_dir)
     table = header(rows) + markdown(rows)
     write_text_atomic(sweep_dir / "sweep.md", table)
+    front = {id(r) for r in pareto_front(rows)}
+    tidy = [{**{column: row.get(column) for column in TIDY_COLUMNS}, "pareto": id(row) in front} for row in rows]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(text, fieldnames=TIDY_COLUMNS)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{**row, "images": ";".join(row["images"])} for row in tidy])
     write_text_atomic(sweep_dir / "sweep.csv", text.getvalue())
-    write_json_atomic(sweep_dir / "sweep.json", {"rows": [{k: v for k, v in r.items() if k != "dir"} for r in rows],
-                                                 "pareto": [r["job"] for r in pareto_front(rows)]})
+    write_json_atomic(sweep_dir / "sweep.json", {"rows": tidy, "pareto": [r["job"] for r in pareto_front(rows)]})
     plot_pareto(rows, sweep_dir / "pareto.png")
     image_grid(rows, sweep_dir / "grid.png")
     print(table)

@@ -28,7 +28,9 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
     if problems:  # the same for every job: stop the sweep with one line rather than run it all
         raise QcoError(problems)
     with job_lock(run_dir):  # a second sweep on the same folder waits here, then finds the record
-        record = recorded(run_dir, cfg.sweep.retry_failed)
+        record = None if cfg.sweep.remeasure else recorded(run_dir, cfg.sweep.retry_failed)
+        if cfg.sweep.remeasure:
+            keep_earlier_record(run_dir)
         if record is not None:
             log.info("Skipping %s: already recorded as %s (sweep.retry_failed=true reruns failed ones)",
                      run_dir.name, record["status"])
@@ -70,6 +72,21 @@ def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[dic
     except QcoError as error:
         return record_refusal(cfg, run_dir, overrides, error)
     return None
+
+
+def keep_earlier_record(run_dir: Path) -> None:
+    """sweep.remeasure=true: the job's earlier results.json is kept as results.<when it finished>.json (read
+    by nobody but a person comparing), so measuring again loses nothing."""
+    earlier = run_dir / "results.json"
+    if not earlier.is_file():
+        return
+    try:
+        finished = json.loads(earlier.read_text()).get("finished_at")
+    except (OSError, ValueError, AttributeError):
+        finished = None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(finished if isinstance(finished, (int, float)) else None))
+    os.replace(earlier, run_dir / f"results.{stamp}.json")
+    log.info("Measuring %s again (sweep.remeasure=true): its earlier record is results.%s.json", run_dir.name, stamp)
 
 
 CAP = "run.memory_limit_gb="
