@@ -23,11 +23,19 @@ def test_a_change_is_called_only_beyond_its_spread(b, expected):
 
 @pytest.fixture(scope="module")
 def two_sweeps(tmp_path_factory, models_cache):
+    """A: a real sweep (its jobs named quant=none, quant=int8). B: runs made from Python into folders of
+    other names (int8 here is job "b1"), aggregated: only the key can join them."""
+    import qco
+    from qco.sweep.aggregate import aggregate
+
     cwd = tmp_path_factory.mktemp("compare")
-    for name, quants in (("a", "none,int8"), ("b", "int8,fp4")):
-        result = qco_cli(["-m", f"quant={quants}", "run.repeats=2", "run.device=cpu", "run.quality=false",
-                          f"hydra.sweep.dir={name}"], cwd, models_cache)
-        assert result.returncode == 0, result.stderr[-2000:]
+    result = qco_cli(["-m", "quant=none,int8", "run.repeats=2", "run.device=cpu", "run.quality=false",
+                      "hydra.sweep.dir=a"], cwd, models_cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for job, quant in (("b1", "int8"), ("b2", "fp4")):
+        qco.run([f"quant={quant}", "run.repeats=2", "run.device=cpu", "run.quality=false",
+                 f"paths.models={models_cache}"], run_dir=cwd / "b" / job)
+    aggregate(cwd / "b")
     return cwd
 
 
@@ -42,7 +50,7 @@ def test_tidy_tables_have_a_column_per_group_and_the_same_key_in_every_sweep(two
         for entry in json.loads((two_sweeps / name / "sweep.json").read_text())["rows"]:
             (image,) = entry["images"]
             assert not image.startswith("/") and (two_sweeps / name / image).is_file()  # relative to the sweep
-    # the same combination, labelled "quant=int8" in both job lists here, has one key
+    # the same combination, in a job named "quant=int8" in one and "b1" in the other, has one key
     assert keys["a"]["int8"] == keys["b"]["int8"] == "model=tiny_flux quant=int8 compile=none offload=none"
 
 

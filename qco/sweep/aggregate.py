@@ -251,11 +251,12 @@ def aggregate(sweep_dir: Path) -> List[dict]:
     table = header(rows) + markdown(rows)
     write_text_atomic(sweep_dir / "sweep.md", table)
     front = {id(r) for r in pareto_front(rows)}
-    tidy = [{**{column: row.get(column) for column in TIDY_COLUMNS}, "pareto": id(row) in front} for row in rows]
+    tidy = [{**{column: row.get(column) for column in TIDY_COLUMNS}, "pareto": id(row) in front,
+             "images": row.get("images") or []} for row in rows]  # an unreadable record's row has no images
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=TIDY_COLUMNS)
     writer.writeheader()
-    writer.writerows([{**row, "images": ";".join(row["images"])} for row in tidy])
+    writer.writerows([{**row, "images": ";".join(row["images"] or [])} for row in tidy])
     write_text_atomic(sweep_dir / "sweep.csv", text.getvalue())
     write_json_atomic(sweep_dir / "sweep.json", {"rows": tidy, "pareto": [r["job"] for r in pareto_front(rows)]})
     plot_pareto(rows, sweep_dir / "pareto.png")
