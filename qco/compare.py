@@ -38,7 +38,8 @@ def compare(rows_a: List[dict], rows_b: List[dict]) -> dict:
     joined = []
     for key in sorted(done_a.keys() & done_b.keys()):
         a, b = done_a[key], done_b[key]
-        memory = _memory(b) / _memory(a) if _memory(a) and _memory(b) is not None else None
+        memory_a, memory_b = _memory(a), _memory(b)
+        memory = memory_b / memory_a if memory_a and memory_b is not None else None
         joined.append({"key": key, "a": a, "b": b, "memory_ratio": memory, **verdict(a, b),
                        "same_setting": a.get("setting") == b.get("setting")})
     return {"joined": joined, "only_a": sorted(done_a.keys() - done_b.keys()),

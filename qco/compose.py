@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from qco.models.build import pipeline_class
-from qco.models.quantized import keep, load_kept, store_folder
+from qco.models.quantized import keep, load_kept, store_folder, store_key
 from qco.offload import follow_quant_state, pin_model_offload
 from qco.plan import PLACE_CALLS, CacheStep, CompileStep, LoadStep, Plan, PlaceStep, TuneStep
 from qco.quantization import bitsandbytes_on_cpu, quantization_config, torchao_config
@@ -26,13 +26,14 @@ def compose_pipeline(plan: Plan):
     what the store of quantized components did."""
     seconds = {}
     start = time.perf_counter()
-    folder = store_folder(plan.load, plan.model) if plan.load.store and plan.load.quant_components else None
+    key = store_key(plan.load, plan.model) if plan.load.store and plan.load.quant_components else None
+    folder = store_folder(plan.load, key) if key is not None else None
     pipe, kept = load_pipeline(plan.load, folder)
     seconds["load_s"] = time.perf_counter() - start
     store = {"folder": str(folder) if folder else None, "loaded": kept}
     if folder is not None and not kept:  # quantized at load just now: kept for the next run (not timed as load)
         start = time.perf_counter()
-        store["written"] = keep(folder, pipe, plan.load, plan.model)
+        store["written"] = keep(folder, pipe, plan.load, key)
         seconds["keep_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from qco.errors import QcoError
+from qco.measure import GB
 from qco.plan import Plan
 
-GB = 1024**3
 HEADER_LIMIT = 100 * 2**20  # a safetensors header larger than this is not one qco will parse
 FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 RUN_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}

@@ -16,6 +16,8 @@ import torch
 from accelerate.hooks import CpuOffload, add_hook_to_module
 from diffusers.hooks import HookRegistry, ModelHook
 
+from qco.measure import GB
+
 log = logging.getLogger(__name__)
 
 
@@ -75,7 +77,7 @@ def pin_model_offload(pipe) -> None:
     pipe.enable_model_cpu_offload = enable_pinned
     _convert()
     log.info("Model offload keeps one host copy of each weight (%.2f GB%s)",
-             sum(t.numel() * t.element_size() for t in home.values()) / 1024**3,
+             sum(t.numel() * t.element_size() for t in home.values()) / GB,
              ", pinned" if torch.cuda.is_available() else "; no CUDA, so nothing to pin")
 
 

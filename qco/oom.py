@@ -61,7 +61,7 @@ def fitting_in_sweep(run_dir: Path, setting: str, capacity_gb: float, key: str) 
     rows = [row for row in read_rows(run_dir.parent)
             if row["dir"] != run_dir and row["status"] == "ok" and row["setting"] == setting
             and row.get(key) is not None and row[key] <= capacity_gb]
-    return [f"{row['combination']} ({row[key]:.1f} GB, {row['latency_s']:.2f} s)"
+    return [f"{row['key']} ({row[key]:.1f} GB, {row['latency_s']:.2f} s)"
             for row in sorted(rows, key=lambda row: row["latency_s"])]
 
 

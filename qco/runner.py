@@ -43,7 +43,12 @@ def new_record(cfg, overrides: Optional[List[str]]) -> dict:
 
 def record_refusal(cfg, run_dir: Path, overrides: List[str], error: QcoError) -> dict:
     """The record of a run refused before it started, as run() would have written it."""
-    record = {**new_record(cfg, overrides), "status": error.status, "reason": str(error), "finished_at": time.time()}
+    return record_without_running(cfg, run_dir, overrides, error.status, str(error))
+
+
+def record_without_running(cfg, run_dir: Path, overrides: List[str], status: str, reason: str) -> dict:
+    """The record of a job decided before any process ran it (refused, or known to fit), as run() writes one."""
+    record = {**new_record(cfg, overrides), "status": status, "reason": reason, "finished_at": time.time()}
     run_dir.mkdir(parents=True, exist_ok=True)
     write_rerun_config(run_dir, cfg)
     write_json_atomic(run_dir / "results.json", record)

@@ -12,9 +12,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Dict, Optional
 
-from qco.errors import WRITE_ERRORS
 import torch
 
+from qco.errors import WRITE_ERRORS
 from qco.models.build import BUILD_MARKER, VERIFIED, build_lock, component_class, damage, fingerprint, sha256_of
 from qco.plan import LoadStep
 from qco.report import write_folder_atomic
@@ -57,10 +57,9 @@ def store_key(load: LoadStep, model: str) -> Optional[dict]:
             "versions": {name: _version(name) for name in LIBRARIES}}
 
 
-def store_folder(load: LoadStep, model: str) -> Optional[Path]:
-    key = store_key(load, model)
-    if key is None:
-        return None
+def store_folder(load: LoadStep, key: dict) -> Path:
+    """The folder of these components in the store, named by a hash of their key."""
+    model = key["model"]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(load.store).expanduser() / f"{model}-{load.quant_method or load.quant_backend}-{digest}"
 
@@ -95,11 +94,9 @@ def _classes(folder: Path) -> Optional[Dict[str, type]]:
     return classes if classes and all(classes.values()) else None
 
 
-def keep(folder: Path, pipe, load: LoadStep, model: str) -> bool:
-    """Save the pipeline's quantized components into the store, atomically; True when they are there.
-    A store that cannot be written (read-only, full) costs the next run a quantization, not this run."""
-    key = store_key(load, model)
-
+def keep(folder: Path, pipe, load: LoadStep, key: dict) -> bool:
+    """Save the pipeline's quantized components into the store, atomically, with their key; True when they
+    are there. A store that cannot be written (read-only, full) costs the next run a quantization, not this run."""
     def save(staging: Path) -> None:
         classes = {}
         for name in load.quant_components:

@@ -60,8 +60,7 @@ def row_of(record: dict, path: Path) -> dict:
     config = record.get("config") or {}
     row = {"job": path.parent.name, "overrides": list(record.get("overrides") or []),
            "status": record.get("status"), "reason": reason, "dir": path.parent,
-           "setting": run_setting(record), "combination": record.get("combination"),
-           "key": record.get("combination"), "cap_gb": (config.get("run") or {}).get("memory_limit_gb"),
+           "setting": run_setting(record), "key": record.get("combination"), "cap_gb": (config.get("run") or {}).get("memory_limit_gb"),
            **{group: (config.get(group) or {}).get("name") for group in GROUPS},
            "device": (record.get("environment") or {}).get("device") or (config.get("run") or {}).get("device"),
            "gpu": (record.get("environment") or {}).get("gpu"), "images": []}

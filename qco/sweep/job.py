@@ -99,25 +99,18 @@ def fits_a_smaller_cap(cfg, run_dir: Path, overrides: List[str]) -> Optional[dic
     cap = cfg.run.memory_limit_gb
     if cap is None:
         return None
-    others = [o for o in overrides if not o.startswith(CAP)]
-    for sibling in sorted(run_dir.parent.glob("*/results.json")):
-        try:
-            record = json.loads(sibling.read_text())
-            smaller = record["config"]["run"]["memory_limit_gb"]
-            same = [o for o in record["overrides"] if not o.startswith(CAP)] == others
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if same and record.get("status") == "ok" and smaller is not None and smaller < cap:
-            from qco.report import write_json_atomic, write_rerun_config
-            from qco.runner import new_record
+    from qco.sweep.aggregate import read_rows
 
-            reason = (f"ran under run.memory_limit_gb={smaller:g} ({sibling.parent.name}), so it fits this larger "
-                      "cap: not run again")
-            skipped = {**new_record(cfg, overrides), "status": "fits_smaller_cap", "reason": reason,
-                       "finished_at": time.time()}
-            write_rerun_config(run_dir, cfg)
-            write_json_atomic(run_dir / "results.json", skipped)
-            return skipped
+    others = [o for o in overrides if not o.startswith(CAP)]
+    for row in read_rows(run_dir.parent):
+        smaller = row.get("cap_gb")
+        if row["status"] == "ok" and smaller is not None and smaller < cap \
+                and [o for o in row["overrides"] if not o.startswith(CAP)] == others:
+            from qco.runner import record_without_running
+
+            return record_without_running(cfg, run_dir, overrides, "fits_smaller_cap",
+                                          f"ran under run.memory_limit_gb={smaller:g} ({row['job']}), so it fits "
+                                          "this larger cap: not run again")
     return None
 
 
