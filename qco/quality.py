@@ -42,7 +42,7 @@ def _blur(maps: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(image, reference, device: str = "cpu") -> float:
-    """On `device` (the run's: a GPU takes milliseconds for a 1024x1024 image, two CPU cores about 2.5 s),
+    """On `device` (the run's; two CPU cores take about 2.5 s for a 1024x1024 image, a GPU is not timed here),
     in float64 there too, so the figure is the same anywhere."""
     a, b = _array(image), _array(reference)
     _same_shape(a, b)
