@@ -26,8 +26,11 @@ declare -A rows=(
   # the card's example: nf4 + max_autotune with model offload under 8 GB, and without offload
   [nf4_autotune]="quant=nf4 compile=max_autotune"
   [nf4_autotune_model_cap8]="quant=nf4 compile=max_autotune offload=model run.memory_limit_gb=8"
-  # Wan 2.1 14B (random weights, text encoder included), nf4 and block-level group offload under 8 GB
-  [wan14b_nf4_block_cap8]="model=wan21_t2v_14b_random quant=nf4 offload=group_block offload.others_offload_type=leaf_level run.memory_limit_gb=8"
+  # Wan 2.1 14B (random weights, UMT5-XXL included): build it and keep its nf4 components (quantized on the GPU,
+  # one step of 5 frames), then nf4 + group offload under 8 GB at the model's own size, 480x832 and 81 frames
+  # (4 steps of its 50: memory does not depend on the number of steps; each step is two forward passes)
+  [wan14b_prepare]="model=wan21_t2v_14b_random quant=nf4 run.frames=5 run.steps=1"
+  [wan14b_nf4_mixed_cap8]="model=wan21_t2v_14b_random quant=nf4 offload=group_mixed run.steps=4 run.memory_limit_gb=8"
 )
 order=(nf4_first nf4_second leanest_block_cap4 leanest_leaf_cap4 nf4_model_cap8 nf4_model_pageable_cap8)
 [ $# -gt 0 ] && order=("$@")
