@@ -22,9 +22,11 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from qco.record import Record, Status, read_record
 
 HERE = Path(__file__).resolve().parent
 LATENCY_GOAL, MEMORY_GOAL = 1.02, 1.01
@@ -130,48 +132,57 @@ class Comparison:
         # row, or the first row left to run on a fresh machine)
         plain_first = index % 2 == 1 and self.model_ready(name)
         for side in ("plain", "qco") if plain_first else ("qco", "plain"):
-            if _finished(read_json(self.record(name, side))):
+            if _finished(read_json(self.record(name, side)) if side == "plain" else read_qco(self.record(name, side))):
                 continue
             command = self.qco_command(name) if side == "qco" else self.plain_command(name)
             print(f"  {side}: {' '.join(command[1:])}", flush=True)
             run_logged(command, self.out / "logs" / f"{name}.{side}.log")
 
 
-def _finished(record: Optional[dict]) -> bool:
+def _finished(record) -> bool:
     """A measured row (ok, refused or failed) is not run again; interrupted or missing ones are."""
-    return bool(record) and record.get("status") in ("ok", "refused", "failed")
+    status = record.get("status") if isinstance(record, dict) else getattr(record, "status", None)
+    return status in ("ok", "refused", "failed")
 
 
-def summarize(name: str, qco: Optional[dict], plain: Optional[dict]) -> dict:
+def read_qco(path: Path) -> Optional[Record]:
+    """qco's record of a row, through qco's own reader (any schema it wrote), or None where there is none."""
+    try:
+        return read_record(path)
+    except (OSError, ValueError):
+        return None
+
+
+def summarize(name: str, qco: Optional[Record], plain: Optional[dict]) -> dict:
     row = {"row": name, "title": ROWS[name].title if name in ROWS else name,
            "qco_overrides": " ".join(ROWS[name].qco) if name in ROWS else "",
-           "qco_status": qco.get("status") if qco else "missing",
+           "qco_status": str(qco.status) if qco else "missing",
            "plain_status": plain.get("status") if plain else "missing"}
-    if qco and qco.get("status") == "ok":
-        t, m = qco["timings"], qco["memory"]
-        row["qco"] = {"latency_s": statistics.median(t["latency_s"]["samples"]), "samples": t["latency_s"]["samples"],
-                      "first_call_s": t["first_call_s"], "peak_allocated_gb": m["peak_allocated_gb"],
-                      "peak_reserved_gb": m["peak_reserved_gb"], "host_peak_gb": m["host_peak_gb"],
-                      "notes": qco.get("plan", {}).get("notes", [])}
+    if qco and qco.status == Status.ok:
+        t, m = qco.timings, qco.memory
+        row["qco"] = {"latency_s": statistics.median(t.latency_s.samples), "samples": t.latency_s.samples,
+                      "first_call_s": t.first_call_s, "peak_allocated_gib": m.peak_allocated_gib,
+                      "peak_reserved_gib": m.peak_reserved_gib, "host_peak_gib": m.host_peak_gib,
+                      "notes": (qco.plan or {}).get("notes", [])}
     elif qco:
-        row["qco_reason"] = qco.get("reason", "")
+        row["qco_reason"] = qco.reason
     if plain and plain.get("status") == "ok":
         row["plain"] = {"latency_s": statistics.median(plain["latency_samples_s"]), "samples": plain["latency_samples_s"],
-                        "first_call_s": plain["first_call_s"], "peak_allocated_gb": plain["peak_allocated_gb"],
-                        "peak_reserved_gb": plain["peak_reserved_gb"], "host_peak_gb": plain["host_peak_gb"]}
+                        "first_call_s": plain["first_call_s"], "peak_allocated_gib": plain["peak_allocated_gib"],
+                        "peak_reserved_gib": plain["peak_reserved_gib"], "host_peak_gib": plain["host_peak_gib"]}
     elif plain:
         row["plain_reason"] = plain.get("reason", "")
-    if qco and plain and qco.get("plan", {}).get("load", {}).get("source"):
+    if qco and plain and (qco.plan or {}).get("load", {}).get("source"):
         # both sides must have loaded the same weights, or the ratio means nothing
-        row["same_model"] = qco["plan"]["load"]["source"] == plain["args"]["model"]
+        row["same_model"] = qco.plan["load"]["source"] == plain["args"]["model"]
     if "qco" in row and "plain" in row:
         ratio = {}
-        for key in ("latency_s", "peak_allocated_gb", "peak_reserved_gb", "host_peak_gb"):
+        for key in ("latency_s", "peak_allocated_gib", "peak_reserved_gib", "host_peak_gib"):
             if row["qco"][key] and row["plain"][key]:
                 ratio[key] = row["qco"][key] / row["plain"][key]
         row["ratio"] = ratio
         row["within_goal"] = (row.get("same_model", False) and ratio.get("latency_s", 0) <= LATENCY_GOAL
-                              and ratio.get("peak_allocated_gb", 1.0) <= MEMORY_GOAL)
+                              and ratio.get("peak_allocated_gib", 1.0) <= MEMORY_GOAL)
     return row
 
 
@@ -186,8 +197,8 @@ def markdown(rows: List[dict], context: dict) -> str:
              f"Latency: median of the timed calls; memory: peaks over the calls. Goals: latency ratio <= "
              f"{LATENCY_GOAL}, allocated ratio <= {MEMORY_GOAL}.", "",
              f"Command: `{context['command']}`", "",
-             "| row | qco overrides | latency s qco / plain | ratio | peak alloc GB qco / plain | ratio "
-             "| reserved ratio | host GB qco / plain | first call s qco / plain |",
+             "| row | qco overrides | latency s qco / plain | ratio | peak alloc GiB qco / plain | ratio "
+             "| reserved ratio | host GiB qco / plain | first call s qco / plain |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "ratio" in row:
@@ -195,8 +206,8 @@ def markdown(rows: List[dict], context: dict) -> str:
             lines.append(
                 f"| {row['title']} | `{row['qco_overrides'] or '(defaults)'}` "
                 f"| {_f(q['latency_s'], 3)} / {_f(p['latency_s'], 3)} | **{_f(r.get('latency_s'), 3)}** "
-                f"| {_f(q['peak_allocated_gb'])} / {_f(p['peak_allocated_gb'])} | **{_f(r.get('peak_allocated_gb'), 3)}** "
-                f"| {_f(r.get('peak_reserved_gb'), 3)} | {_f(q['host_peak_gb'], 1)} / {_f(p['host_peak_gb'], 1)} "
+                f"| {_f(q['peak_allocated_gib'])} / {_f(p['peak_allocated_gib'])} | **{_f(r.get('peak_allocated_gib'), 3)}** "
+                f"| {_f(r.get('peak_reserved_gib'), 3)} | {_f(q['host_peak_gib'], 1)} / {_f(p['host_peak_gib'], 1)} "
                 f"| {_f(q['first_call_s'], 1)} / {_f(p['first_call_s'], 1)} |")
         else:
             why = []
@@ -212,9 +223,9 @@ def markdown(rows: List[dict], context: dict) -> str:
 def context_of(out: Path, args, names: List[str]) -> dict:
     env, run = {}, {}
     for name in names:
-        record = read_json(out / "qco" / name / "results.json") or {}
-        env = env or record.get("environment") or {}
-        run = run or record.get("config", {}).get("run", {})
+        record = read_qco(out / "qco" / name / "results.json")
+        env = env or (asdict(record.environment) if record and record.environment else {})
+        run = run or (record.config.get("run", {}) if record else {})
     packages = env.get("packages", {})
     versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "diffusers", "bitsandbytes", "transformers")
                          if packages.get(k))
@@ -225,7 +236,7 @@ def context_of(out: Path, args, names: List[str]) -> dict:
 
 
 def write(out: Path, names: List[str], args) -> List[dict]:
-    rows = [summarize(n, read_json(out / "qco" / n / "results.json"), read_json(out / "plain" / f"{n}.json"))
+    rows = [summarize(n, read_qco(out / "qco" / n / "results.json"), read_json(out / "plain" / f"{n}.json"))
             for n in names]
     context = context_of(out, args, names)
     (out / "compare.json").write_text(json.dumps({"context": context, "rows": rows}, indent=2))
@@ -254,7 +265,7 @@ def reproduce(first: Path, second: Path) -> str:
             return change((old.get("ratio") or {}).get("latency_s"), (row.get("ratio") or {}).get("latency_s"))
 
         cells = [figure("qco", "latency_s"), figure("plain", "latency_s"), ratio(),
-                 figure("qco", "peak_allocated_gb"), figure("plain", "peak_allocated_gb")]
+                 figure("qco", "peak_allocated_gib"), figure("plain", "peak_allocated_gib")]
         if all(c == "-" for c in cells):  # neither side measured in both: say what each run recorded
             cells = [f"qco {old.get('qco_status')} / {row.get('qco_status')}",
                      f"plain {old.get('plain_status')} / {row.get('plain_status')}", "", "", ""]

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Fitting the card (issue 12): each memory claim run under a hard cap (run.memory_limit_gb caps the CUDA
+# Fitting the card (issue 12): each memory claim run under a hard cap (run.memory_limit_gib caps the CUDA
 # caching allocator's reserve from before loading), beside the row it is compared with, on one machine.
 # FLUX.1-dev architecture with random weights and its text encoders, 1024x1024, 28 steps, 1 warm-up + 2
 # timed calls, each row in its own process, one after the other. Rows that move weights add one untimed
-# call under torch's profiler to record the GB they move per call and at what speed.
+# call under torch's profiler to record the GiB they move per call and at what speed.
 # Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_fit.sh OUT_DIR [ROW ...]
 set -u
 out=${1:?usage: gpu_fit.sh OUT_DIR [ROW ...]}; shift
@@ -13,24 +13,26 @@ declare -A rows=(
   # the store of quantized components: the first run quantizes (on the GPU) and keeps them, the second loads them
   [nf4_first]="quant=nf4"
   [nf4_second]="quant=nf4"
-  # the leanest: block-level and leaf-level group offload of the nf4 pipeline under a 4 GB cap
-  [leanest_block_cap4]="experiment=leanest_flux offload=group_block run.memory_limit_gb=4"
-  [leanest_leaf_cap4]="experiment=leanest_flux offload=group_leaf run.memory_limit_gb=4"
+  # the leanest preset as it ships (nf4, group_mixed, record_stream) under a 4 GiB cap: compare with nf4_first
+  [leanest_cap4]="experiment=leanest_flux run.memory_limit_gib=4"
+  # the leanest: block-level and leaf-level group offload of the nf4 pipeline under a 4 GiB cap
+  [leanest_block_cap4]="experiment=leanest_flux offload=group_block run.memory_limit_gib=4"
+  [leanest_leaf_cap4]="experiment=leanest_flux offload=group_leaf run.memory_limit_gib=4"
   # block level for the transformer, leaf level for T5, CLIP and the VAE (T5 has no top-level block list:
-  # at block level it moves whole, 3.8 GB), without and with record_stream (no sync at each block's offload)
-  [leanest_mixed_cap4]="experiment=leanest_flux offload=group_block offload.others_offload_type=leaf_level run.memory_limit_gb=4"
-  [leanest_mixed_record_cap4]="experiment=leanest_flux offload=group_block offload.others_offload_type=leaf_level offload.record_stream=true run.memory_limit_gb=4"
-  # model offload under an 8 GB cap, from pinned host copies (qco's default) and from pageable ones (accelerate's)
-  [nf4_model_cap8]="quant=nf4 offload=model run.memory_limit_gb=8"
-  [nf4_model_pageable_cap8]="quant=nf4 offload=model offload.pin_memory=false run.memory_limit_gb=8"
-  # the card's example: nf4 + max_autotune with model offload under 8 GB, and without offload
+  # at block level it moves whole, 3.8 GiB), without and with record_stream (no sync at each block's offload)
+  [leanest_mixed_cap4]="experiment=leanest_flux offload=group_block offload.others_offload_type=leaf_level run.memory_limit_gib=4"
+  [leanest_mixed_record_cap4]="experiment=leanest_flux offload=group_block offload.others_offload_type=leaf_level offload.record_stream=true run.memory_limit_gib=4"
+  # model offload under an 8 GiB cap, from pinned host copies (qco's default) and from pageable ones (accelerate's)
+  [nf4_model_cap8]="quant=nf4 offload=model run.memory_limit_gib=8"
+  [nf4_model_pageable_cap8]="quant=nf4 offload=model offload.pin_memory=false run.memory_limit_gib=8"
+  # the card's example: nf4 + max_autotune with model offload under 8 GiB, and without offload
   [nf4_autotune]="quant=nf4 compile=max_autotune"
-  [nf4_autotune_model_cap8]="quant=nf4 compile=max_autotune offload=model run.memory_limit_gb=8"
+  [nf4_autotune_model_cap8]="quant=nf4 compile=max_autotune offload=model run.memory_limit_gib=8"
   # Wan 2.1 14B (random weights, UMT5-XXL included): build it and keep its nf4 components (quantized on the GPU,
-  # one step of 5 frames), then nf4 + group offload under 8 GB at the model's own size, 480x832 and 81 frames
+  # one step of 5 frames), then nf4 + group offload under 8 GiB at the model's own size, 480x832 and 81 frames
   # (4 steps of its 50: memory does not depend on the number of steps; each step is two forward passes)
   [wan14b_prepare]="model=wan21_t2v_14b_random quant=nf4 run.frames=5 run.steps=1"
-  [wan14b_nf4_mixed_cap8]="model=wan21_t2v_14b_random quant=nf4 offload=group_mixed run.steps=4 run.memory_limit_gb=8"
+  [wan14b_nf4_mixed_cap8]="model=wan21_t2v_14b_random quant=nf4 offload=group_mixed run.steps=4 run.memory_limit_gib=8"
 )
 order=(nf4_first nf4_second leanest_block_cap4 leanest_leaf_cap4 nf4_model_cap8 nf4_model_pageable_cap8)
 [ $# -gt 0 ] && order=("$@")
@@ -45,24 +47,27 @@ for name in "${order[@]}"; do
     run.quality=false "hydra.run.dir=$out/$name" > "$out/$name.log" 2>&1
   echo "exit $? after $(( $(date +%s) - start )) s"
   python - "$out/$name/results.json" <<'PY'
-import json, sys
+import sys
+from qco.record import read_record
 try:
-    r = json.load(open(sys.argv[1]))
+    r = read_record(sys.argv[1])
 except (OSError, ValueError) as error:
     sys.exit(f"no record: {error}")
-m, t = r.get("memory", {}), r.get("timings", {})
-print(r["status"], (r.get("reason") or "")[:400])
-if r["status"] == "ok":
-    store = r.get("quantized_store") or {}
-    print(f"latency {t['latency_s']['mean']:.3f} s (+- {t['latency_s']['stdev']:.3f}), load {t['load_s']:.1f} s "
+print(r.status, r.reason[:400])
+if r.status == "ok":
+    t, m, store = r.timings, r.memory, r.quantized_store or {}
+    print(f"latency {t.latency_s.mean:.3f} s (+- {t.latency_s.stdev:.3f}), load {t.load_s:.1f} s "
           f"({'loaded the kept quantized components' if store.get('loaded') else 'quantized at load'}"
-          f"{', then kept them in %.1f s' % t['keep_s'] if 'keep_s' in t else ''}), place {t['place_s']:.1f} s, "
-          f"first call {t['first_call_s']:.1f} s")
-    print(f"cap {m.get('limit_gb')} GB; calls: peak allocated {m['peak_allocated_gb']:.2f} GB, reserved "
-          f"{m['peak_reserved_gb']:.2f} GB; load: allocated {m['load_peak_allocated_gb']:.2f} GB, reserved "
-          f"{m['load_peak_reserved_gb']:.2f} GB; outside the allocator {m.get('outside_allocator_gb') or 0:.2f} GB; "
-          f"host {m['host_peak_gb']:.1f} GB")
-    for way, moved in (m.get("transfers") or {}).items():
-        print(f"{way}: {moved}")
+          f"{', then kept them in %.1f s' % t.keep_s if t.keep_s is not None else ''}), place {t.place_s:.1f} s, "
+          f"first call {t.first_call_s:.1f} s")
+    print(f"cap {m.limit_gib} GiB; calls: peak allocated {m.peak_allocated_gib:.2f} GiB, reserved "
+          f"{m.peak_reserved_gib:.2f} GiB; load: allocated {m.load_peak_allocated_gib:.2f} GiB, reserved "
+          f"{m.load_peak_reserved_gib:.2f} GiB; outside the allocator {m.outside_allocator_gib or 0:.2f} GiB; "
+          f"host {m.host_peak_gib:.1f} GiB")
+    for way in ("to_gpu", "from_gpu"):
+        moved = getattr(m.transfers, way) if m.transfers else None
+        if moved:
+            print(f"{way}: {moved.gib_per_call:.2f} GiB per call at {moved.gib_per_s or 0:.1f} GiB/s in "
+                  f"{moved.copies} copies; by kind {moved.gib_by_kind}")
 PY
 done 2>&1 | tee -a "$out/summary.txt"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Fitting the card on a host of 4 GPUs, in one call: three lanes side by side, each on its own GPUs.
-#   GPU 0: the card's example, nf4 + max_autotune without offload, then with model offload under 8 GB
+#   GPU 0: the card's example, nf4 + max_autotune without offload, then with model offload under 8 GiB
 #          (gpu_fit.sh rows nf4_autotune, nf4_autotune_model_cap8: the pair on one GPU, one after the other);
 #          the first row builds Flux and keeps its nf4 components, which the other lanes then load.
-#   GPU 1: Wan 2.1 14B: build and keep its nf4 components, then nf4 + group offload under 8 GB, 81 frames.
+#   GPU 1: Wan 2.1 14B: build and keep its nf4 components, then nf4 + group offload under 8 GiB, 81 frames.
 #   GPUs 2, 3: python -m qco -m experiment=fit_card hydra/launcher=local_gpus (Flux), once the nf4 components
 #          are kept (an offloaded nf4 job would otherwise quantize on the CPU, minutes).
 # The lanes share the host's CPUs, memory and disk; each ratio is taken within one lane.

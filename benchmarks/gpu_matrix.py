@@ -50,8 +50,8 @@ def run_one(overrides, device="cuda"):
     with tempfile.TemporaryDirectory() as folder:
         try:
             record = run(cfg, Path(folder), overrides)
-            return {"overrides": overrides, "status": "ok", "notes": record["plan"]["notes"],
-                    "latency_s": record["timings"]["latency_s"]["mean"]}
+            return {"overrides": overrides, "status": "ok", "notes": record.plan["notes"],
+                    "latency_s": record.latency_s()}
         except QcoError as error:
             return {"overrides": overrides, "status": "refused", "reason": str(error)}
         except Exception as error:

@@ -20,7 +20,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.quantizers import PipelineQuantizationConfig
 
-GB = 1024**3
+GIB = 1024**3  # memory in GiB, as qco records it
 
 
 def load(args):
@@ -64,10 +64,10 @@ def compile_transformer(pipe, args):
     pipe.transformer.compile(mode=args.compile, fullgraph=not offloading)
 
 
-def host_peak_gb():
+def host_peak_gib():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / GB
+            return int(line.split()[1]) * 1024 / GIB
     return None
 
 
@@ -90,8 +90,8 @@ def measure(pipe, args):
     return {
         "first_call_s": seconds[0],
         "latency_samples_s": seconds[args.warmup:],
-        "peak_allocated_gb": torch.cuda.max_memory_allocated() / GB if cuda else None,
-        "peak_reserved_gb": torch.cuda.max_memory_reserved() / GB if cuda else None,
+        "peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else None,
     }
 
 
@@ -128,7 +128,7 @@ def main():
     except Exception as error:  # the row's failure is a result too: compare.py reports why
         result.update(status="failed", reason=f"{type(error).__name__}: {error}".strip()[:600])
         traceback.print_exc()
-    result["host_peak_gb"] = host_peak_gb()
+    result["host_peak_gib"] = host_peak_gib()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = f"{args.out}.tmp{os.getpid()}"
     with open(tmp, "w") as handle:

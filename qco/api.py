@@ -12,10 +12,11 @@ def _task(cfg) -> None:  # the command line's task is qco.__main__.app; the safe
     return None
 
 
-def run(overrides: Sequence[str] = (), run_dir: Optional[Union[str, Path]] = None) -> dict:
+def run(overrides: Sequence[str] = (), run_dir: Optional[Union[str, Path]] = None):
     """Run one combination: `qco.run(["quant=nf4", "offload=model"])` does what `python -m qco quant=nf4
-    offload=model` does (the same config, checks, rules and record) and returns the record that it also
-    writes to run_dir/results.json (default: outputs/runs/<date>/<time>, as the command line's).
+    offload=model` does (the same config, checks, rules and record) and returns the record (a qco.record.Record:
+    record.timings.latency_s.mean, record.memory.peak_allocated_gib, ...) that it also writes to
+    run_dir/results.json (default: outputs/runs/<date>/<time>, as the command line's).
     A mistake raises qco.errors.QcoError, whose lines are what the command line prints."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -50,11 +51,11 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[Union[str, Path]] = Non
 
 
 def load_sweep(folder: Union[str, Path]):
-    """The rows of a sweep (or of any folder of run folders), one per job, as in its sweep.csv: a pandas
-    DataFrame where pandas is installed, else a list of dicts."""
+    """The rows of a sweep (or of any folder of run folders), one per job, with the columns of its sweep.csv and
+    each job's overrides and folder: a pandas DataFrame where pandas is installed, else a list of dicts."""
     from qco.sweep.aggregate import load_rows
 
-    rows = [{**row, "dir": str(row["dir"])} for row in load_rows(Path(folder))]
+    rows = [{**row.tidy(), "overrides": row.overrides, "dir": str(row.dir)} for row in load_rows(Path(folder))]
     try:
         import pandas
     except ImportError:

@@ -12,36 +12,37 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from qco.record import Row, Status
 from qco.report import aligned
 from qco.sweep.aggregate import load_rows
 
 
-def _memory(row: dict) -> Optional[float]:
-    return row.get("peak_reserved_gb") if row.get("peak_reserved_gb") is not None else row.get("host_peak_gb")
+def _memory(row: Row) -> Optional[float]:
+    return row.peak_reserved_gib if row.peak_reserved_gib is not None else row.host_peak_gib
 
 
-def verdict(a: dict, b: dict) -> dict:
+def verdict(a: Row, b: Row) -> dict:
     """B against A for one combination that ran in both."""
-    ratio = b["latency_s"] / a["latency_s"]
-    if min(a.get("latency_n") or 0, b.get("latency_n") or 0) < 2:
+    ratio = b.latency_s / a.latency_s
+    if min(a.latency_n or 0, b.latency_n or 0) < 2:
         return {"ratio": ratio, "noise": None, "verdict": "no spread (one timed call)"}
     # the ratio's relative spread, to first order: the two sides' relative deviations added in quadrature
-    noise = 2 * ratio * math.hypot(a["latency_stdev_s"] / a["latency_s"], b["latency_stdev_s"] / b["latency_s"])
+    noise = 2 * ratio * math.hypot(a.latency_stdev_s / a.latency_s, b.latency_stdev_s / b.latency_s)
     if abs(ratio - 1) <= noise:
         return {"ratio": ratio, "noise": noise, "verdict": "within the noise"}
     return {"ratio": ratio, "noise": noise, "verdict": "faster" if ratio < 1 else "slower"}
 
 
-def compare(rows_a: List[dict], rows_b: List[dict]) -> dict:
-    done_a = {r["key"]: r for r in rows_a if r.get("status") == "ok" and r.get("key")}
-    done_b = {r["key"]: r for r in rows_b if r.get("status") == "ok" and r.get("key")}
+def compare(rows_a: List[Row], rows_b: List[Row]) -> dict:
+    done_a = {r.key: r for r in rows_a if r.status == Status.ok and r.key}
+    done_b = {r.key: r for r in rows_b if r.status == Status.ok and r.key}
     joined = []
     for key in sorted(done_a.keys() & done_b.keys()):
         a, b = done_a[key], done_b[key]
         memory_a, memory_b = _memory(a), _memory(b)
         memory = memory_b / memory_a if memory_a and memory_b is not None else None
         joined.append({"key": key, "a": a, "b": b, "memory_ratio": memory, **verdict(a, b),
-                       "same_setting": a.get("setting") == b.get("setting")})
+                       "same_setting": a.setting == b.setting})
     return {"joined": joined, "only_a": sorted(done_a.keys() - done_b.keys()),
             "only_b": sorted(done_b.keys() - done_a.keys())}
 
@@ -50,7 +51,7 @@ def table(result: dict) -> str:
     rows = [["combination", "A latency s", "B latency s", "B / A", "spread +-", "change", "memory B / A"]]
     for entry in result["joined"]:
         rows.append([entry["key"] + ("" if entry["same_setting"] else " (settings differ)"),
-                     f"{entry['a']['latency_s']:.3f}", f"{entry['b']['latency_s']:.3f}", f"{entry['ratio']:.3f}",
+                     f"{entry['a'].latency_s:.3f}", f"{entry['b'].latency_s:.3f}", f"{entry['ratio']:.3f}",
                      "-" if entry["noise"] is None else f"{entry['noise']:.3f}", entry["verdict"],
                      "-" if entry["memory_ratio"] is None else f"{entry['memory_ratio']:.3f}"])
     return aligned(rows)

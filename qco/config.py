@@ -1,11 +1,55 @@
 """Typed schemas of the config groups. The values live in conf/*.yaml; these dataclasses give
-Hydra the types, so a wrong type or an unknown key fails while composing, in Hydra's words."""
+Hydra the types, so a wrong type, an unknown key or a value outside a closed choice fails while composing,
+in one line. An option's YAML states only what differs from these defaults or from the option it extends
+(tests/test_configs.py checks it). Code that reads a config takes these classes as its types: every
+run's config is composed on this schema, a sweep job's too (qco/sweep/child.py)."""
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from qco.choice import Choice
+
+
+# Closed choices. Each is what the code knows how to run; another value is refused by Hydra while composing.
+# compile.mode stays a string: torch's modes hold hyphens (max-autotune), which an enum member's name cannot,
+# and Hydra matches enum values by name (qco/validate.py checks it). Attention backends and step-cache classes
+# are open: whatever the installed diffusers has (qco/validate.py looks them up).
+
+class DType(Choice):
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class QuantBackend(Choice):
+    bitsandbytes_4bit = "bitsandbytes_4bit"
+    bitsandbytes_8bit = "bitsandbytes_8bit"
+    torchao = "torchao"
+
+
+class CompileMethod(Choice):
+    full = "full"  # module.compile
+    regional = "regional"  # compile_repeated_blocks
+
+
+class OffloadMethod(Choice):
+    model = "model"  # enable_model_cpu_offload
+    sequential = "sequential"  # enable_sequential_cpu_offload
+    group = "group"  # enable_group_offload
+
+
+class GroupOffloadType(Choice):
+    block_level = "block_level"
+    leaf_level = "leaf_level"
+
+
+class Objective(Choice):
+    latency = "latency"
+    memory = "memory"
+    latency_under_budget = "latency_under_budget"
 
 
 @dataclass
@@ -25,7 +69,7 @@ class BuildRecipe:
     through the same from_pretrained path as a hub model."""
 
     seed: int = 0
-    dtype: str = "float32"  # the dtype the weights are saved in
+    dtype: DType = DType.float32  # the dtype the weights are saved in
     device: str = "cpu"  # auto: build on the GPU when there is one (fast for full-size models)
     components: Dict[str, ComponentRecipe] = field(default_factory=dict)
 
@@ -62,7 +106,7 @@ class ModelConfig:
 @dataclass
 class QuantConfig:
     name: str = "none"
-    backend: Optional[str] = None  # bitsandbytes_4bit | bitsandbytes_8bit | torchao
+    backend: Optional[QuantBackend] = None  # null: nothing quantized
     kwargs: Dict[str, Any] = field(default_factory=dict)  # arguments of the backend's config
     method: Optional[str] = None  # torchao only: the config class in torchao.quantization
     components: List[str] = field(default_factory=list)
@@ -72,8 +116,8 @@ class QuantConfig:
 @dataclass
 class CompileConfig:
     name: str = "none"
-    method: Optional[str] = None  # full (module.compile) | regional (compile_repeated_blocks)
-    mode: Optional[str] = None
+    method: Optional[CompileMethod] = None  # null: nothing compiled
+    mode: Optional[str] = None  # torch.compile's: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs
     fullgraph: bool = False
     dynamic: Optional[bool] = None
     channels_last: bool = False
@@ -85,16 +129,16 @@ class CompileConfig:
 @dataclass
 class OffloadConfig:
     name: str = "none"
-    method: Optional[str] = None  # model | sequential | group
-    offload_type: Optional[str] = None  # group only: block_level | leaf_level
-    num_blocks_per_group: Optional[int] = None
-    use_stream: Optional[bool] = None  # null: on where the device is CUDA
-    record_stream: bool = False
-    low_cpu_mem_usage: bool = False
-    offload_to_disk_path: Optional[str] = None
+    method: Optional[OffloadMethod] = None  # null: the whole pipeline on the device
+    offload_type: Optional[GroupOffloadType] = None  # group only
+    num_blocks_per_group: Optional[int] = None  # group, block level: blocks moved together
+    use_stream: Optional[bool] = None  # group: prefetch the next group on a CUDA stream; null: on where the device is CUDA
+    record_stream: bool = False  # group with a stream: no host sync at each group's offload
+    low_cpu_mem_usage: bool = False  # group: pin host copies as they are needed rather than all at once
+    offload_to_disk_path: Optional[str] = None  # group: keep the offloaded weights on this disk folder
     pin_memory: bool = True  # model offload: one pinned host copy of each weight (qco/offload.py)
     # group offload: the text encoders' and VAE's offload_type where it differs from the denoiser's (null: same)
-    others_offload_type: Optional[str] = None
+    others_offload_type: Optional[GroupOffloadType] = None
 
 
 @dataclass
@@ -126,12 +170,12 @@ class RunConfig:
     guidance: float = MISSING
     frames: Optional[int] = None  # video models only: frames per video; null for an image model
     seed: int = 0
-    dtype: str = "bfloat16"
+    dtype: DType = DType.bfloat16
     device: str = "auto"  # auto (cuda when there is one) | cpu | cuda | cuda:N
     warmup: int = 1
     repeats: int = 3
     batch: int = 1
-    memory_limit_gb: Optional[float] = None  # cap GPU memory, to see what a smaller card fits
+    memory_limit_gib: Optional[float] = None  # cap GPU memory, to see what a smaller card fits
     dry_run: bool = False  # check and print the plan, load nothing
     quality: bool = True  # compare the image with the reference made with nothing applied (qco/reference.py)
     library_logs: bool = False  # the libraries' own warnings and loading bars (qco/console.py)
@@ -141,8 +185,8 @@ class RunConfig:
 class SweepConfig:
     retry_failed: bool = False  # a rerun skips recorded combinations; true reruns the failed ones
     remeasure: bool = False  # true: measure recorded combinations again (the earlier record is kept beside)
-    objective: List[str] = field(default_factory=lambda: ["latency", "memory"])  # what a search minimises
-    memory_budget_gb: Optional[float] = None  # a search: combinations above it score as failed
+    objective: List[Objective] = field(default_factory=lambda: [Objective.latency, Objective.memory])  # what a search minimises
+    memory_budget_gib: Optional[float] = None  # a search: combinations above it score as failed
 
 
 @dataclass
@@ -164,6 +208,12 @@ class Config:
     run: RunConfig = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+GIB_WHY = "memory is in GiB, 2^30 bytes, as nvidia-smi counts it: a '24 GB' card has 24 GiB"
+# keys an earlier qco had: the command line that uses one is told the new name (qco/user_errors.py)
+RENAMED_KEYS = {"run.memory_limit_gb": ("run.memory_limit_gib", GIB_WHY),
+                "sweep.memory_budget_gb": ("sweep.memory_budget_gib", GIB_WHY)}
 
 
 def register_configs() -> None:

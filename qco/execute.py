@@ -10,17 +10,18 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
+from qco.config import Config, ModelConfig
 from qco.compose import compose_pipeline
 from qco.errors import QcoError
-from qco.measure import (DeviceMemory, HostMemory, Phase, compile_settings, component_sizes_gb, measure_calls,
+from qco.measure import (DeviceMemory, HostMemory, Phase, compile_settings, component_sizes_gib, measure_calls,
                          measure_transfers, stats)
 from qco.oom import out_of_memory
 from qco.plan import Plan, draft_plan
+from qco.record import LatencyStats, Measured, Memory, Quality, StepStats, Timings, Transfers, run_setting
 from qco.reference import measure_quality
 from qco.report import environment, save_image_atomic, save_video_atomic
 from qco.rules import apply_rules
 from qco.runner import call_kwargs, combination
-from qco.sweep.aggregate import run_setting
 from qco.target import Target, resolve_target
 from qco.validate import check_names, check_values
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 PACKAGED_CONF = Path(__file__).parent / "conf"
 
 
-def check_and_plan(cfg, target: Optional[Target] = None) -> Plan:
+def check_and_plan(cfg: Config, target: Optional[Target] = None) -> Plan:
     """Everything that can be known before any weights load: bad values, refusals, adjustments.
     `target`: the device as already known (a sweep's launcher knows it without initialising CUDA)."""
     problems = check_values(cfg) + check_names(cfg)
@@ -39,11 +40,11 @@ def check_and_plan(cfg, target: Optional[Target] = None) -> Plan:
     return apply_rules(draft_plan(cfg, target), combination(cfg))
 
 
-def measure_run(cfg, plan: Plan, run_dir: Path) -> dict:
+def measure_run(cfg: Config, plan: Plan, run_dir: Path) -> Measured:
     host, device, phase = HostMemory(), DeviceMemory(plan.target.device), Phase("load and placement")
     host.reset()
     device.reset()
-    device.limit(cfg.run.memory_limit_gb)
+    device.limit(cfg.run.memory_limit_gib)
     try:
         return _measure(cfg, plan, run_dir, host, device, phase)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
@@ -51,11 +52,11 @@ def measure_run(cfg, plan: Plan, run_dir: Path) -> dict:
         if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError) \
                 and "can't allocate memory" not in str(error):
             raise
-        setting = run_setting({"config": OmegaConf.to_container(cfg, resolve=True)})
+        setting = run_setting(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         raise out_of_memory(error, phase.now, device, host, run_dir, setting, cfg) from error
 
 
-def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
+def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Measured:
     try:
         pipe, seconds, store = compose_pipeline(plan)
     except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError
@@ -63,8 +64,8 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
         if refusal is None:
             raise
         raise refusal from error
-    load_memory = device.peaks_gb()
-    sizes = component_sizes_gb(pipe)
+    load_memory = device.peaks_gib()
+    sizes = component_sizes_gib(pipe)
 
     run = cfg.run
     kwargs = call_kwargs(run)
@@ -72,12 +73,14 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
     with compile_settings(plan.compile.dynamo, plan.compile.inductor):
         measured = measure_calls(pipe, kwargs, run.seed, plan.target.device, run.warmup, run.repeats,
                                  run.steps, phase)
-        memory = {**device.peaks_gb(), "load_peak_allocated_gb": load_memory["peak_allocated_gb"],
-                  "load_peak_reserved_gb": load_memory["peak_reserved_gb"], "host_peak_gb": host.peak_gb(),
-                  "components_gb": sizes, "limit_gb": run.memory_limit_gb, "outside_allocator_gb": device.outside_gb()}
+        peaks = device.peaks_gib()
+        memory = Memory(peak_allocated_gib=peaks["peak_allocated_gib"], peak_reserved_gib=peaks["peak_reserved_gib"],
+                        host_peak_gib=host.peak_gib(), load_peak_allocated_gib=load_memory["peak_allocated_gib"],
+                        load_peak_reserved_gib=load_memory["peak_reserved_gib"], components_gib=sizes,
+                        limit_gib=run.memory_limit_gib, outside_allocator_gib=device.outside_gib())
         if plan.place.method is not None and plan.target.is_cuda:  # weights cross the bus at every call
             phase.now = "the transfer probe call"
-            memory["transfers"] = transfers(pipe, kwargs, run.seed, plan.target.device)
+            memory.transfers = transfers(pipe, kwargs, run.seed, plan.target.device)
     del pipe  # measured: its memory is free for the reference, if one must be made
     # the cap bounds the measured run; the reference (nothing applied, bf16) is made as on a card that can
     # make it, so a capped run's quality is measured against the same image as an uncapped one's
@@ -90,42 +93,35 @@ def _measure(cfg, plan: Plan, run_dir: Path, host, device, phase) -> dict:
         save_video_atomic(frames, run_dir / f"video_{index}.gif", cfg.model.video.fps)
         videos.append(f"video_{index}.gif")
     steps = [s for call in measured.step_s for s in call]
-    return {
-        "timings": {
-            **seconds,
-            "first_call_s": measured.first_call_s,
-            "latency_s": {**stats(measured.call_s), "samples": measured.call_s},
-            "step_s": {**stats(steps), "last_call": measured.step_s[-1]},
-        },
-        "memory": memory,
-        "environment": environment(plan.target.device),
-        "quantized_store": store,
-        "images": images,
-        "videos": videos,
-        "quality": quality(cfg, plan, kwargs, measured.images) if run.quality else None,
-    }
+    return Measured(
+        timings=Timings(load_s=seconds["load_s"], place_s=seconds["place_s"], keep_s=seconds.get("keep_s"),
+                        first_call_s=measured.first_call_s,
+                        latency_s=LatencyStats(**stats(measured.call_s), samples=measured.call_s),
+                        step_s=StepStats(**stats(steps), last_call=measured.step_s[-1])),
+        memory=memory, environment=environment(plan.target.device), quantized_store=store, images=images,
+        videos=videos, quality=quality(cfg, plan, kwargs, measured.images) if run.quality else None)
 
 
-def transfers(pipe, kwargs: dict, seed: int, device: str) -> dict:
+def transfers(pipe, kwargs: dict, seed: int, device: str) -> Transfers:
     """What the profiled call copied; a probe that fails is recorded and does not fail the measured run."""
     try:
         return measure_transfers(pipe, kwargs, seed, device)
     except Exception as error:  # noqa: BLE001 - the measurement stands without it
         log.warning("No transfer figures: the profiled call failed (%s: %s)", type(error).__name__, error)
-        return {"error": f"{type(error).__name__}: {error}"[:500]}
+        return Transfers(error=f"{type(error).__name__}: {error}"[:500])
 
 
-def quality(cfg, plan: Plan, kwargs: dict, images) -> dict:
+def quality(cfg: Config, plan: Plan, kwargs: dict, images) -> Quality:
     """PSNR and SSIM against the reference image. A failure to make the reference (say, it does not fit)
     is recorded and logged, and does not fail the run that was measured."""
     try:
         return measure_quality(cfg, plan, kwargs, images)
     except Exception as error:  # noqa: BLE001 - the measurement stands without its quality
         log.warning("No quality figures: the reference image could not be made (%s: %s)", type(error).__name__, error)
-        return {"error": f"{type(error).__name__}: {error}"[:500]}
+        return Quality(error=f"{type(error).__name__}: {error}"[:500])
 
 
-def _load_refusal(model, error: Exception) -> Optional[QcoError]:
+def _load_refusal(model: ModelConfig, error: Exception) -> Optional[QcoError]:
     """The load errors a model folder or id can cause, as one line; None for anything else."""
     text = str(error)
     where = f"model.path={model.path}" if model.path else f"model.id={model.id}" if model.id else f"model={model.name}"
@@ -146,7 +142,7 @@ def _load_refusal(model, error: Exception) -> Optional[QcoError]:
     return None
 
 
-def _unreadable_weights(model) -> Optional[str]:
+def _unreadable_weights(model: ModelConfig) -> Optional[str]:
     """The first safetensors file of a local model whose header cannot be read (a cheap check)."""
     from safetensors import safe_open
 
@@ -159,7 +155,7 @@ def _unreadable_weights(model) -> Optional[str]:
     return None
 
 
-def _unavailable(model, error: OSError) -> QcoError:
+def _unavailable(model: ModelConfig, error: OSError) -> QcoError:
     offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
     random = f"{model.name}_random"  # the packaged option of the same architecture, where there is one
     instead = (f", or use model={random} for the same architecture with random weights"

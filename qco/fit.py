@@ -10,8 +10,9 @@ import struct
 from pathlib import Path
 from typing import Dict, Optional
 
+from qco.config import Config
 from qco.errors import QcoError
-from qco.measure import GB
+from qco.record import GIB
 from qco.plan import Plan
 
 HEADER_LIMIT = 100 * 2**20  # a safetensors header larger than this is not one qco will parse
@@ -67,21 +68,21 @@ def _bytes_per_parameter(plan: Plan, component: str) -> float:
     return 1.0 if method.startswith(("Int8", "Float8")) else 0.5  # int4 and anything unknown: the least
 
 
-def weights_floor_gb(plan: Plan, source: Path) -> Optional[Dict[str, float]]:
-    """GB each component's weights take on the GPU at the least, where the plan holds them there whole at
+def weights_floor_gib(plan: Plan, source: Path) -> Optional[Dict[str, float]]:
+    """GiB each component's weights take on the GPU at the least, where the plan holds them there whole at
     some point; None where it never does (group or sequential offload)."""
     if plan.place.method not in (None, "model"):
         return None
-    return {name: (count["float_parameters"] * _bytes_per_parameter(plan, name) + count["other_bytes"]) / GB
+    return {name: (count["float_parameters"] * _bytes_per_parameter(plan, name) + count["other_bytes"]) / GIB
             for name, count in component_parameters(source).items()}
 
 
-def check_fits(plan: Plan, source: Path, cfg) -> None:
+def check_fits(plan: Plan, source: Path, cfg: Config) -> None:
     """Refuse, before loading, a capped plan whose weights alone exceed the cap."""
-    cap = plan.memory_limit_gb
+    cap = plan.memory_limit_gib
     if cap is None or not plan.target.is_cuda or not source.is_dir():
         return
-    floor = weights_floor_gb(plan, source)
+    floor = weights_floor_gib(plan, source)
     if not floor:
         return
     if plan.place.method is None:
@@ -94,6 +95,6 @@ def check_fits(plan: Plan, source: Path, cfg) -> None:
     from qco.oom import next_steps
 
     parts = ", ".join(f"{name} {gb:.1f}" for name, gb in sorted(floor.items(), key=lambda item: -item[1]))
-    raise QcoError(f"run.memory_limit_gb={cap:g}: does not fit: the weights alone take at least {need:.1f} GB on "
-                   f"the GPU ({how}; GB by component: {parts}), counted from the model's files before loading; "
+    raise QcoError(f"run.memory_limit_gib={cap:g}: does not fit: the weights alone take at least {need:.1f} GiB on "
+                   f"the GPU ({how}; GiB by component: {parts}), counted from the model's files before loading; "
                    f"fix: {'; or '.join(next_steps(cfg, 'load and placement')) or 'a larger cap'}")

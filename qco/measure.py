@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-GB = 1024**3
+from qco.record import GIB, Transfer, Transfers
 
 
 def synchronize(device: str) -> None:
@@ -126,8 +126,8 @@ def measure_calls(pipe, call_kwargs: dict, seed: int, device: str, warmup: int, 
     return result
 
 
-def measure_transfers(pipe, call_kwargs: dict, seed: int, device: str) -> dict:
-    """One more call (untimed) under torch's profiler, CUDA activity only: how many GB the copies between
+def measure_transfers(pipe, call_kwargs: dict, seed: int, device: str) -> Transfers:
+    """One more call (untimed) under torch's profiler, CUDA activity only: how many GiB the copies between
     host and GPU moved in it, each way, and at what speed (their bytes over the time the copy engine spent on
     them), by the kind of host memory (pinned or pageable). Says why a row that moves weights is slow."""
     from torch.profiler import ProfilerActivity, profile
@@ -141,25 +141,24 @@ def measure_transfers(pipe, call_kwargs: dict, seed: int, device: str) -> dict:
         return copies_in_trace(json.loads(trace.read_text()).get("traceEvents", []))
 
 
-def copies_in_trace(events: list) -> dict:
+def copies_in_trace(events: list) -> Transfers:
     """The host-device copies of a profiler trace (Chrome trace events; kineto names them like
     "Memcpy HtoD (Pinned -> Device)" with their bytes in args), summed each way."""
     copies = [e for e in events if e.get("cat") == "gpu_memcpy" and "bytes" in e.get("args", {})]
     if not copies:
-        return {"error": "the profiler's trace has no host-device copies"}
-    result = {}
+        return Transfers(error="the profiler's trace has no host-device copies")
+    ways = {}
     for direction in ("HtoD", "DtoH"):
         chosen = [e for e in copies if direction in e["name"]]
         seconds = sum(e["dur"] for e in chosen) / 1e6  # the trace's durations are in microseconds
-        moved = sum(e["args"]["bytes"] for e in chosen) / GB
-        kinds = {}
+        moved = sum(e["args"]["bytes"] for e in chosen) / GIB
+        kinds: Dict[str, float] = {}
         for event in chosen:  # e.g. "Memcpy HtoD (Pinned -> Device)"
             kind = event["name"].split("(")[-1].rstrip(")") if "(" in event["name"] else event["name"]
-            kinds[kind] = kinds.get(kind, 0.0) + event["args"]["bytes"] / GB
-        result["to_gpu" if direction == "HtoD" else "from_gpu"] = {
-            "gb_per_call": moved, "gb_per_s": moved / seconds if seconds else None, "copies": len(chosen),
-            "gb_by_kind": kinds}
-    return result
+            kinds[kind] = kinds.get(kind, 0.0) + event["args"]["bytes"] / GIB
+        ways[direction] = Transfer(gib_per_call=moved, gib_per_s=moved / seconds if seconds else None,
+                                   copies=len(chosen), gib_by_kind=kinds)
+    return Transfers(to_gpu=ways["HtoD"], from_gpu=ways["DtoH"])
 
 
 class DeviceMemory:
@@ -167,45 +166,45 @@ class DeviceMemory:
 
     def __init__(self, device: str):
         self.device = device if device.startswith("cuda") else None
-        self.limit_gb: Optional[float] = None
+        self.limit_gib: Optional[float] = None
 
     def reset(self) -> None:
         if self.device:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def limit(self, gb: Optional[float]) -> None:
-        """Cap the caching allocator (run.memory_limit_gb), to see what a smaller card would fit."""
+        """Cap the caching allocator (run.memory_limit_gib), to see what a smaller card would fit."""
         if self.device and gb:
             total = torch.cuda.get_device_properties(self.device).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, gb * GB / total), self.device)
-        self.limit_gb = gb
+            torch.cuda.set_per_process_memory_fraction(min(1.0, gb * GIB / total), self.device)
+        self.limit_gib = gb
 
     def lift(self) -> None:
         """Take the cap off again (the measured run is over)."""
-        if self.device and self.limit_gb:
+        if self.device and self.limit_gib:
             torch.cuda.set_per_process_memory_fraction(1.0, self.device)
 
-    def capacity_gb(self) -> float:
-        total = torch.cuda.get_device_properties(self.device).total_memory / GB
-        return min(total, self.limit_gb or total)
+    def capacity_gib(self) -> float:
+        total = torch.cuda.get_device_properties(self.device).total_memory / GIB
+        return min(total, self.limit_gib or total)
 
     def name(self) -> str:
         return torch.cuda.get_device_name(self.device)
 
-    def outside_gb(self) -> Optional[float]:
+    def outside_gib(self) -> Optional[float]:
         """GPU memory in use on the device that the caching allocator did not reserve: the CUDA context,
         cuBLAS/cuDNN workspaces, other processes. A card needs it beside the capped reserve."""
         if not self.device:
             return None
         free, total = torch.cuda.mem_get_info(self.device)
-        return max(0.0, (total - free - torch.cuda.memory_reserved(self.device)) / GB)
+        return max(0.0, (total - free - torch.cuda.memory_reserved(self.device)) / GIB)
 
-    def peaks_gb(self) -> Dict[str, float]:
+    def peaks_gib(self) -> Dict[str, float]:
         if not self.device:
-            return {"peak_allocated_gb": None, "peak_reserved_gb": None}
+            return {"peak_allocated_gib": None, "peak_reserved_gib": None}
         return {
-            "peak_allocated_gb": torch.cuda.max_memory_allocated(self.device) / GB,
-            "peak_reserved_gb": torch.cuda.max_memory_reserved(self.device) / GB,
+            "peak_allocated_gib": torch.cuda.max_memory_allocated(self.device) / GIB,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved(self.device) / GIB,
         }
 
 
@@ -219,26 +218,26 @@ class HostMemory:
         with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")
 
-    def total_gb(self) -> float:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
+    def total_gib(self) -> float:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
 
-    def peak_gb(self) -> float:
+    def peak_gib(self) -> float:
         with contextlib.suppress(OSError):
             for line in self.STATUS.read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / GB
+                    return int(line.split()[1]) * 1024 / GIB
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
 
 
-def component_sizes_gb(pipe) -> Dict[str, float]:
+def component_sizes_gib(pipe) -> Dict[str, float]:
     """Bytes of each component's parameters and buffers as stored (quantized weights count packed)."""
     sizes = {}
     for name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module):
             tensors = list(component.parameters()) + list(component.buffers())
-            sizes[name] = sum(t.numel() * t.element_size() for t in tensors) / GB
+            sizes[name] = sum(t.numel() * t.element_size() for t in tensors) / GIB
     return sizes
 
 

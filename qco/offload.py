@@ -1,8 +1,8 @@
 """Two changes to how weights move, each on the libraries' own hook APIs:
 
 - pinned model offload (offload.pin_memory, on by default): accelerate's model offload copies each component
-  back to new pageable host memory after use and from there before the next: nf4 Flux's 10.6 GB a call
-  crossed at 8.8 GB/s, from pinned memory at 40 GB/s (H100: benchmarks/README.md). Inference never changes
+  back to new pageable host memory after use and from there before the next: nf4 Flux's 10.6 GiB a call
+  crossed at 8.8 GiB/s, from pinned memory at 40 GiB/s (H100: benchmarks/README.md). Inference never changes
   the weights on the GPU, so the offload here drops the GPU copy and points each weight back at one pinned
   host copy made once;
 - bitsandbytes' 4-bit quantization state follows its weight under diffusers' group offload (the rule
@@ -16,7 +16,7 @@ import torch
 from accelerate.hooks import CpuOffload, add_hook_to_module
 from diffusers.hooks import HookRegistry, ModelHook
 
-from qco.measure import GB
+from qco.record import GIB
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def pin_model_offload(pipe) -> None:
     """Turn the hooks of pipe.enable_model_cpu_offload() into PinnedCpuOffload hooks. At the end of every call
     diffusers offloads every component by making new hooks (maybe_free_model_hooks calls
     enable_model_cpu_offload again), whose module.to("cpu") would copy bitsandbytes' quantization state to
-    pageable memory and back each call (1.0 GB for nf4 Flux: benchmarks/README.md); so the pipeline's
+    pageable memory and back each call (1.0 GiB for nf4 Flux: benchmarks/README.md); so the pipeline's
     enable_model_cpu_offload is wrapped: once the pinned hooks are in place it offloads through them."""
     home: Dict[torch.Tensor, torch.Tensor] = {}
     enable = pipe.enable_model_cpu_offload
@@ -76,8 +76,8 @@ def pin_model_offload(pipe) -> None:
 
     pipe.enable_model_cpu_offload = enable_pinned
     _convert()
-    log.info("Model offload keeps one host copy of each weight (%.2f GB%s)",
-             sum(t.numel() * t.element_size() for t in home.values()) / GB,
+    log.info("Model offload keeps one host copy of each weight (%.2f GiB%s)",
+             sum(t.numel() * t.element_size() for t in home.values()) / GIB,
              ", pinned" if torch.cuda.is_available() else "; no CUDA, so nothing to pin")
 
 

@@ -6,8 +6,9 @@ from typing import List
 
 import torch
 
+from qco.config import Config
 from qco.errors import OutOfMemory
-from qco.sweep.aggregate import read_rows
+from qco.record import Status, read_rows
 
 # the next offload that keeps less of the model on the GPU at once, and what it does
 NEXT_OFFLOAD = {"none": "model", "model": "group_mixed", "group_block": "group_mixed", "group_mixed": "group_leaf"}
@@ -19,7 +20,7 @@ OFFLOADS = {
 FOUR_BIT = ("bitsandbytes_4bit",)
 
 
-def next_steps(cfg, phase: str) -> List[str]:
+def next_steps(cfg: Config, phase: str) -> List[str]:
     """What would take less memory than this run, one step per kind, never what it already uses."""
     steps = []
     quant, model = cfg.quant, cfg.model
@@ -55,31 +56,31 @@ def _offload_kind(offload) -> str:
     return offload.method or "none"
 
 
-def fitting_in_sweep(run_dir: Path, setting: str, capacity_gb: float, key: str) -> List[str]:
+def fitting_in_sweep(run_dir: Path, setting: str, capacity_gib: float, memory: str) -> List[str]:
     """Jobs of this run's sweep (its sibling folders) that ran the same model and settings and whose
-    peak fits the capacity, fastest first."""
+    peak (allocated, reserved or host) fits the capacity, fastest first."""
     rows = [row for row in read_rows(run_dir.parent)
-            if row["dir"] != run_dir and row["status"] == "ok" and row["setting"] == setting
-            and row.get(key) is not None and row[key] <= capacity_gb]
-    return [f"{row['key']} ({row[key]:.1f} GB, {row['latency_s']:.2f} s)"
-            for row in sorted(rows, key=lambda row: row["latency_s"])]
+            if row.dir != run_dir and row.status == Status.ok and row.setting == setting
+            and row.memory_gib(memory) is not None and row.memory_gib(memory) <= capacity_gib]
+    return [f"{row.key} ({row.memory_gib(memory):.1f} GiB, {row.latency_s:.2f} s)"
+            for row in sorted(rows, key=lambda row: row.latency_s)]
 
 
-def out_of_memory(error: BaseException, phase: str, device, host, run_dir: Path, setting: str, cfg) -> OutOfMemory:
+def out_of_memory(error: BaseException, phase: str, device, host, run_dir: Path, setting: str, cfg: Config) -> OutOfMemory:
     if not isinstance(error, torch.OutOfMemoryError):  # MemoryError, or torch's CPU allocator
-        where = f"out of host memory during {phase} ({host.peak_gb():.1f} GB resident at the peak)"
-        fits = fitting_in_sweep(run_dir, setting, host.total_gb(), "host_peak_gb")
+        where = f"out of host memory during {phase} ({host.peak_gib():.1f} GiB resident at the peak)"
+        fits = fitting_in_sweep(run_dir, setting, host.total_gib(), "host")
         # offloading would need more host memory, not less; smaller weights and activations need less
         steps = [step for step in next_steps(cfg, phase) if not step.startswith("offload=")]
     else:
-        peaks = device.peaks_gb()
-        capacity = device.capacity_gb()
-        cap = f" (capped by run.memory_limit_gb={device.limit_gb})" if device.limit_gb else ""
-        where = (f"out of GPU memory during {phase}: {peaks['peak_allocated_gb']:.1f} GB allocated and "
-                 f"{peaks['peak_reserved_gb']:.1f} GB reserved at the peak, {capacity:.1f} GB usable on "
+        peaks = device.peaks_gib()
+        capacity = device.capacity_gib()
+        cap = f" (capped by run.memory_limit_gib={device.limit_gib})" if device.limit_gib else ""
+        where = (f"out of GPU memory during {phase}: {peaks['peak_allocated_gib']:.1f} GiB allocated and "
+                 f"{peaks['peak_reserved_gib']:.1f} GiB reserved at the peak, {capacity:.1f} GiB usable on "
                  f"{device.name()}{cap}")
         # the reserve is what a cap bounds, so a row fits where its reserve did
-        fits = fitting_in_sweep(run_dir, setting, capacity, "peak_reserved_gb")
+        fits = fitting_in_sweep(run_dir, setting, capacity, "reserved")
         steps = next_steps(cfg, phase)
     advice = []
     if steps:

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Set
 
 from omegaconf import OmegaConf
 
+from qco.config import Config
 from qco.models.source import model_components
 from qco.target import Target
 
@@ -78,7 +79,7 @@ class Plan:
     tune: TuneStep = field(default_factory=TuneStep)
     cache: CacheStep = field(default_factory=CacheStep)
     video: bool = False  # the model makes videos (model.video is set)
-    memory_limit_gb: Optional[float] = None  # run.memory_limit_gb: the cap on the GPU's allocator
+    memory_limit_gib: Optional[float] = None  # run.memory_limit_gib: the cap on the GPU's allocator
     notes: List[str] = field(default_factory=list)  # what rules adjusted, and why
 
     def as_dict(self) -> dict:
@@ -144,7 +145,7 @@ def _kwargs(kwargs: Dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in kwargs.items())
 
 
-def draft_plan(cfg, target: Target) -> Plan:
+def draft_plan(cfg: Config, target: Target) -> Plan:
     """Translate the config into calls, as written; rules adjust it afterwards."""
     quant, offload, comp = cfg.quant, cfg.offload, cfg.compile
     load = LoadStep(
@@ -153,7 +154,7 @@ def draft_plan(cfg, target: Target) -> Plan:
         dtype=cfg.run.dtype,
         quant_backend=quant.backend,
         quant_method=quant.method,
-        quant_kwargs=OmegaConf.to_container(quant.kwargs, resolve=True),
+        quant_kwargs=OmegaConf.to_container(quant.kwargs, resolve=True, enum_to_str=True),
         quant_components=list(quant.components) if quant.backend else [],
         trust_remote_code=cfg.model.trust_remote_code,
         store=cfg.paths.quantized if quant.backend and quant.store else None,
@@ -195,7 +196,7 @@ def draft_plan(cfg, target: Target) -> Plan:
         compile=compile_step,
         tune=TuneStep(component=cfg.model.denoiser, device=target.device, fuse_qkv=cfg.tweaks.fuse_qkv,
                       vae_channels_last=cfg.tweaks.vae_channels_last, attention_backend=cfg.attention.backend),
-        cache=CacheStep(cfg.cache.method, OmegaConf.to_container(cfg.cache.kwargs, resolve=True)),
+        cache=CacheStep(cfg.cache.method, OmegaConf.to_container(cfg.cache.kwargs, resolve=True, enum_to_str=True)),
         video=cfg.model.video is not None,
-        memory_limit_gb=cfg.run.memory_limit_gb,
+        memory_limit_gib=cfg.run.memory_limit_gib,
     )

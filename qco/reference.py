@@ -16,9 +16,11 @@ import torch
 from diffusers.models.attention_dispatch import _AttentionBackendRegistry, attention_backend
 from PIL import Image
 
+from qco.config import Config
 from qco.measure import output_media
 from qco.plan import LoadStep, Plan
 from qco.quality import compare
+from qco.record import Quality
 from qco.report import write_folder_atomic
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ def nothing_applied(plan: Plan) -> bool:
             and tune.attention_backend is None)
 
 
-def reference_key(cfg, plan: Plan) -> dict:
+def reference_key(cfg: Config, plan: Plan) -> dict:
     """What decides the reference image: weights, call arguments, dtype and the machine's arithmetic."""
     run = cfg.run
     return {
@@ -51,7 +53,7 @@ def reference_key(cfg, plan: Plan) -> dict:
     }
 
 
-def reference_folder(cfg, plan: Plan) -> Tuple[Path, dict]:
+def reference_folder(cfg: Config, plan: Plan) -> Tuple[Path, dict]:
     key = reference_key(cfg, plan)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.paths.references).expanduser() / f"{cfg.model.name}-{digest}", key
@@ -102,7 +104,7 @@ def generate_reference(plan: Plan, kwargs: dict, seed: int) -> List[Image.Image]
             torch.cuda.empty_cache()
 
 
-def measure_quality(cfg, plan: Plan, kwargs: dict, images: List[Image.Image]) -> dict:
+def measure_quality(cfg: Config, plan: Plan, kwargs: dict, images: List[Image.Image]) -> Quality:
     """PSNR and SSIM of this run's images against the reference, which is made first if not cached; the
     seconds this took (after the measured calls: never part of their latency)."""
     start = time.perf_counter()
@@ -118,5 +120,5 @@ def measure_quality(cfg, plan: Plan, kwargs: dict, images: List[Image.Image]) ->
             log.info("Making the reference image (nothing applied) into %s", folder)
             references, made_by = generate_reference(plan, kwargs, cfg.run.seed), "a run of qco"
         save_reference(folder, references, key, made_by)
-    return {**compare(images, references, plan.target.device), "reference": str(folder),
-            "seconds": time.perf_counter() - start}
+    return Quality(**compare(images, references, plan.target.device), reference=str(folder),
+                   seconds=time.perf_counter() - start)

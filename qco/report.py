@@ -11,11 +11,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
 
+from qco.config import Config
+from qco.record import Environment, Record
+
 PACKAGES = ("qco", "torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "torchao",
             "hydra-core", "omegaconf", "triton", "safetensors")
 
 
-def environment(device: str) -> dict:
+def environment(device: str) -> Environment:
     import torch  # here, not above: writing a refused run's record needs no torch
 
     versions = {}
@@ -24,19 +27,11 @@ def environment(device: str) -> dict:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "packages": versions,
-        "cuda": torch.version.cuda,
-        "device": device,
-        "gpu": None,
-        "gpu_driver": None,
-    }
+    env = Environment(python=platform.python_version(), platform=platform.platform(), cpu_count=os.cpu_count(),
+                      packages=versions, cuda=torch.version.cuda, device=device)
     if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["gpu_driver"] = _nvidia_driver()
+        env.gpu = torch.cuda.get_device_name(device)
+        env.gpu_driver = _nvidia_driver()
     return env
 
 
@@ -113,7 +108,7 @@ RERUN_CONFIG = "rerun"
 
 
 def _escape_interpolation(text: str) -> str:
-    """A resolved string that holds `${` (a prompt, say) must stay literal when rerun.yaml is read back:
+    r"""A resolved string that holds `${` (a prompt, say) must stay literal when rerun.yaml is read back:
     OmegaConf reads `\${` as a literal `${`, and 2k backslashes before it as k literal ones."""
     return re.sub(r"(\\*)\$\{", lambda m: "\\" * (2 * len(m.group(1))) + "\\${", text)
 
@@ -128,12 +123,12 @@ def _literal(value):
     return value
 
 
-def write_rerun_config(run_dir: Path, cfg) -> None:
+def write_rerun_config(run_dir: Path, cfg: Config) -> None:
     """rerun.yaml: the run's resolved config on qco's schema, so that
     `python -m qco --config-dir RUN_DIR --config-name rerun` runs it again as it was resolved."""
     from omegaconf import OmegaConf
 
-    resolved = OmegaConf.to_yaml(OmegaConf.create(_literal(OmegaConf.to_container(cfg, resolve=True))))
+    resolved = OmegaConf.to_yaml(OmegaConf.create(_literal(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))))
     header = (f"# python -m qco --config-dir {run_dir} --config-name {RERUN_CONFIG}\n"
               "# This run's config, resolved; overrides on that command line still apply.\n"
               "defaults:\n  - qco_schema\n  - _self_\n"
@@ -141,18 +136,18 @@ def write_rerun_config(run_dir: Path, cfg) -> None:
     write_text_atomic(run_dir / f"{RERUN_CONFIG}.yaml", header + resolved)
 
 
-def _gb(value) -> str:
+def _gib(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def summary_table(results: dict) -> str:
-    t, m = results["timings"], results["memory"]
-    latency = t["latency_s"]
+def summary_table(record: Record) -> str:
+    t, m = record.timings, record.memory
+    latency = t.latency_s
     header = ["combination", "load s", "first call s", "latency s (mean +- stdev, n)", "step s (p50)",
-              "peak alloc GB", "peak reserved GB", "host peak GB"]
-    row = [results["combination"], f"{t['load_s']:.2f}", f"{t['first_call_s']:.2f}",
-           f"{latency['mean']:.3f} +- {latency['stdev']:.3f} ({latency['n']})", f"{t['step_s']['p50']:.4f}",
-           _gb(m["peak_allocated_gb"]), _gb(m["peak_reserved_gb"]), _gb(m["host_peak_gb"])]
+              "peak alloc GiB", "peak reserved GiB", "host peak GiB"]
+    row = [record.key, f"{t.load_s:.2f}", f"{t.first_call_s:.2f}",
+           f"{latency.mean:.3f} +- {latency.stdev:.3f} ({latency.n})", f"{t.step_s.p50:.4f}",
+           _gib(m.peak_allocated_gib), _gib(m.peak_reserved_gib), _gib(m.host_peak_gib)]
     return aligned([header, row])
 
 

@@ -171,11 +171,11 @@ RULES: List[Rule] = [
                   "mode max-autotune runs",
          fix="compile=max_autotune or compile.mode=max-autotune, or quant=int8 / torchao_int8wo"),
     Rule("memory_cap_needs_cuda",
-         when=lambda p: p.memory_limit_gb is not None and not p.target.is_cuda,
+         when=lambda p: p.memory_limit_gib is not None and not p.target.is_cuda,
          reason="the cap is the CUDA allocator's: on a CPU it would not hold, and would claim a fit never tested",
-         evidence="run.memory_limit_gb caps the CUDA caching allocator, and a CPU run has none: the cap would "
+         evidence="run.memory_limit_gib caps the CUDA caching allocator, and a CPU run has none: the cap would "
                   "not hold, and the run would claim a fit that was never tested",
-         fix="run.memory_limit_gb=null on a CPU (its host memory is recorded as host_peak_gb), or run.device=cuda"),
+         fix="run.memory_limit_gib=null on a CPU (its host memory is recorded as host_peak_gib), or run.device=cuda"),
     Rule("bitsandbytes_int8_block_group_offload",
          when=lambda p: p.load.quant_backend == "bitsandbytes_8bit" and p.target.is_cuda
          and p.place.method == "group" and p.place.kwargs["offload_type"] == "block_level",
@@ -244,7 +244,7 @@ RULES: List[Rule] = [
                   "(absmax, code), an attribute beside it, so a weight could reach the GPU without its state "
                   "(CUBLAS_STATUS_EXECUTION_FAILED at block level, H200); a hook inside group offload's moves the "
                   "state to the weight's device before each 4-bit layer runs; streamed groups never move it back, so "
-                  "there it stays (1.0 GB for nf4 Flux: absmax in float32, 1/8 of the 4-bit weights' bytes)"),
+                  "there it stays (1.0 GiB for nf4 Flux: absmax in float32, 1/8 of the 4-bit weights' bytes)"),
     Rule("streams_where_cuda",
          when=lambda p: p.place.method == "group" and p.place.kwargs["use_stream"] is None,
          adjust=_stream_where_cuda,
@@ -262,7 +262,7 @@ RULES: List[Rule] = [
          adjust=_bitsandbytes_cpu_load,
          reason="offloaded weights live on the host; quantized on the GPU they would all be there first",
          evidence="offloaded weights live on the CPU, but bitsandbytes quantizes onto the GPU, so every quantized "
-                  "component would first be whole on the GPU (10.35 GB for Flux at load: more than a small card "
+                  "component would first be whole on the GPU (10.35 GiB for Flux at load: more than a small card "
                   "has); on the CPU it is slower (Flux: 124.5 s against about 9 s on an H100), once: the "
                   "quantized components are kept (paths.quantized) and later runs load them"),
     Rule("no_fullgraph_across_offload_hooks",

@@ -10,14 +10,16 @@ from typing import List, Optional
 
 from omegaconf import OmegaConf
 
+from qco.config import Config, RunConfig
 from qco.errors import QcoError
-from qco.report import summary_table, write_json_atomic, write_rerun_config
+from qco.record import RESULTS, Record, Status, write_record
+from qco.report import summary_table, write_rerun_config
 from qco.validate import check_values
 
 log = logging.getLogger(__name__)
 
 
-def combination(cfg) -> str:
+def combination(cfg: Config) -> str:
     """The choices of every group, the last three only where something is chosen."""
     extras = "".join(f" {group}={cfg[group].name}" for group, default in
                      (("attention", "default"), ("cache", "none"), ("tweaks", "none")) if cfg[group].name != default)
@@ -25,7 +27,7 @@ def combination(cfg) -> str:
             f"offload={cfg.offload.name}{extras}")
 
 
-def call_kwargs(run) -> dict:
+def call_kwargs(run: RunConfig) -> dict:
     """The pipeline call's arguments: an image pipeline's, or a video pipeline's where run.frames is set
     (checked against the model by qco/validate.py)."""
     kwargs = {"prompt": run.prompt, "num_inference_steps": run.steps, "height": run.height, "width": run.width,
@@ -35,27 +37,29 @@ def call_kwargs(run) -> dict:
     return {**kwargs, "num_frames": run.frames, "num_videos_per_prompt": run.batch}
 
 
-def new_record(cfg, overrides: Optional[List[str]]) -> dict:
+def new_record(cfg: Config, overrides: Optional[List[str]]) -> Record:
     """What results.json holds from the start: the combination, its overrides and resolved config."""
-    return {"status": "running", "combination": combination(cfg), "overrides": list(overrides or []),
-            "config": OmegaConf.to_container(cfg, resolve=True), "started_at": time.time(), "pid": os.getpid()}
+    return Record(status=Status.running, key=combination(cfg), overrides=list(overrides or []),
+                  config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), started_at=time.time(),
+                  pid=os.getpid())
 
 
-def record_refusal(cfg, run_dir: Path, overrides: List[str], error: QcoError) -> dict:
+def record_refusal(cfg: Config, run_dir: Path, overrides: List[str], error: QcoError) -> Record:
     """The record of a run refused before it started, as run() would have written it."""
-    return record_without_running(cfg, run_dir, overrides, error.status, str(error))
+    return record_without_running(cfg, run_dir, overrides, Status(error.status), str(error))
 
 
-def record_without_running(cfg, run_dir: Path, overrides: List[str], status: str, reason: str) -> dict:
+def record_without_running(cfg: Config, run_dir: Path, overrides: List[str], status: Status, reason: str) -> Record:
     """The record of a job decided before any process ran it (refused, or known to fit), as run() writes one."""
-    record = {**new_record(cfg, overrides), "status": status, "reason": reason, "finished_at": time.time()}
+    record = new_record(cfg, overrides)
+    record.status, record.reason, record.finished_at = status, reason, time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_rerun_config(run_dir, cfg)
-    write_json_atomic(run_dir / "results.json", record)
+    write_record(run_dir / RESULTS, record)
     return record
 
 
-def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[dict]:
+def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Record:
     """Run one combination and write results.json and the images into run_dir. A refused or failed
     run still writes results.json, with its status and reason, then raises."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +67,7 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
     try:
         # recorded as running first: a process that dies without Python's cleanup (a native crash, a
         # kill -9) leaves this record, not nothing; the finally below replaces it
-        write_json_atomic(run_dir / "results.json", record)
+        write_record(run_dir / RESULTS, record)
         write_rerun_config(run_dir, cfg)
         problems = check_values(cfg)
         if problems:  # before torch loads: quick, and with no library's warnings in front
@@ -75,32 +79,32 @@ def run(cfg, run_dir: Path, overrides: Optional[List[str]] = None) -> Optional[d
         from qco.models.source import resolve_source
 
         plan = check_and_plan(cfg)
-        record["plan"] = plan.as_dict()
+        record.plan = plan.as_dict()
         for line in plan.describe():
             log.info("plan: %s", line)
         if cfg.run.dry_run:
-            record["status"] = "planned"
+            record.status = Status.planned
             return record
         plan.load.source = resolve_source(cfg.model, cfg.paths.models)  # builds a recipe model once
         from qco.fit import check_fits
 
         check_fits(plan, Path(plan.load.source), cfg)  # a cap its weights alone exceed: refused, nothing loaded
-        record["plan"] = plan.as_dict()
-        record.update(measure_run(cfg, plan, run_dir))
-        record["status"] = "ok"
+        record.plan = plan.as_dict()
+        record.add(measure_run(cfg, plan, run_dir))
+        record.status = Status.ok
         return record
     except QcoError as error:
-        record.update(status=error.status, reason=str(error))
+        record.status, record.reason = Status(error.status), str(error)
         raise
     except KeyboardInterrupt:  # Ctrl-C: recorded whole, and a rerun of the sweep runs it again
-        record.update(status="interrupted", reason="interrupted (Ctrl-C) before it finished")
+        record.status, record.reason = Status.interrupted, "interrupted (Ctrl-C) before it finished"
         raise
     except BaseException as error:
-        record.update(status="failed", reason=f"{type(error).__name__}: {error}".strip())
+        record.status, record.reason = Status.failed, f"{type(error).__name__}: {error}".strip()
         raise
     finally:
-        record["finished_at"] = time.time()
-        write_json_atomic(run_dir / "results.json", record)
-        if record["status"] == "ok":
+        record.finished_at = time.time()
+        write_record(run_dir / RESULTS, record)
+        if record.status == Status.ok:
             print(summary_table(record))
-            print(f"results: {run_dir / 'results.json'}")
+            print(f"results: {run_dir / RESULTS}")

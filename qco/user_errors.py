@@ -48,6 +48,9 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
     if isinstance(error, OverrideParseException):
         return [f"{_unparsable(args) or 'an override'}: cannot parse it ({_first_line(error)}); "
                 "fix: write group=option or key=value, quoting values that hold spaces or '='"]
+    renamed = _renamed(args)
+    if renamed and isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):
+        return renamed
     if isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):
         cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
         key = getattr(cause, "full_key", None) or ""
@@ -60,6 +63,18 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
         unknown_key = isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not key
         fix = "check the key's name (" if unknown_key else f"give {key} a value of its type ("
         return [f"{prefix.lstrip(': ')}{message}; fix: {fix}{SHOW_KEYS})"]
+    return None
+
+
+def _renamed(args: List[str]) -> Optional[List[str]]:
+    """A key an earlier qco had (qco/config.py RENAMED_KEYS): its new name and why, rather than "no such key"."""
+    from qco.config import RENAMED_KEYS
+
+    for arg in args:
+        name, _, value = arg.partition("=")
+        new, why = RENAMED_KEYS.get(name.lstrip("+~"), (None, None))
+        if new:
+            return [f"{arg}: renamed {new} ({why}); fix: {new}={value}"]
     return None
 
 

@@ -20,8 +20,8 @@ def test_importing_qco_loads_no_heavy_library():
 def test_run_returns_the_record_it_wrote(tmp_path, models_cache):
     record = qco.run(["quant=nf4", "run.repeats=1", "run.device=cpu", "run.quality=false",
                       f"paths.models={models_cache}"], run_dir=tmp_path / "a")
-    assert record["status"] == "ok" and record["combination"].startswith("model=tiny_flux quant=nf4")
-    assert json.loads((tmp_path / "a" / "results.json").read_text())["timings"] == record["timings"]
+    assert record.status == "ok" and record.key.startswith("model=tiny_flux quant=nf4")
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["timings"] == record.to_json()["timings"]
     assert (tmp_path / "a" / "image_0.png").is_file() and (tmp_path / "a" / "rerun.yaml").is_file()
 
 

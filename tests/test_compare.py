@@ -7,11 +7,12 @@ import json
 import pytest
 
 from qco.compare import verdict
+from qco.record import Row
 from tests.helpers import qco_cli
 
 
 def row(latency, stdev, n=3):
-    return {"latency_s": latency, "latency_stdev_s": stdev, "latency_n": n}
+    return Row(key="k", status="ok", latency_s=latency, latency_stdev_s=stdev, latency_n=n)
 
 
 @pytest.mark.parametrize("b,expected", [(row(1.5, 0.01), "slower"), (row(0.8, 0.01), "faster"),

@@ -184,35 +184,43 @@ def test_video_advice_lowers_frames_to_a_valid_count(make_cfg):
 # --- the card: caps, fits_smaller_cap, card.md and recommend ---
 
 def write_record(folder: Path, status: str, cap, overrides, latency=None, reserved=None):
+    """A job's record as a GPU run under a cap writes it, through the record's own types."""
+    from qco.record import (Environment, LatencyStats, Memory, Record, StepStats, Timings, Transfer, Transfers,
+                            write_record as write)
+
     folder.mkdir(parents=True)
-    record = {"status": status, "overrides": overrides, "combination": " ".join(overrides),
-              "config": {"model": {"name": "flux_dev_random"},
-                         "run": {"memory_limit_gb": cap, "width": 1024, "height": 1024, "steps": 28, "batch": 1,
-                                 "warmup": 1, "repeats": 2}}}
+    record = Record(status=status, key=" ".join(overrides), overrides=overrides, started_at=0.0, config={
+        "model": {"name": "flux_dev_random"}, "quant": {"name": overrides[0].split("=")[1]},
+        "run": {"memory_limit_gib": cap, "width": 1024, "height": 1024, "steps": 28, "batch": 1, "warmup": 1,
+                "repeats": 2, "device": "cuda"}})
     if status == "ok":
-        record.update(timings={"latency_s": {"mean": latency, "stdev": 0.01}, "first_call_s": latency * 2},
-                      memory={"peak_allocated_gb": reserved - 0.3, "peak_reserved_gb": reserved,
-                              "host_peak_gb": 40.0, "transfers": {"to_gpu": {"gb_per_call": 190.0, "gb_per_s": 45.0}}})
-    (folder / "results.json").write_text(json.dumps(record))
+        stats = dict(mean=latency, min=latency, p50=latency, p90=latency, stdev=0.01, n=2)
+        record.timings = Timings(load_s=1.0, place_s=1.0, first_call_s=latency * 2,
+                                 latency_s=LatencyStats(**stats, samples=[latency] * 2), step_s=StepStats(**stats))
+        record.memory = Memory(peak_allocated_gib=reserved - 0.3, peak_reserved_gib=reserved, host_peak_gib=40.0,
+                               limit_gib=cap, transfers=Transfers(to_gpu=Transfer(190.0, 45.0, 10)))
+        record.environment = Environment(python="3.11", platform="linux", cpu_count=16, packages={}, cuda="13.0",
+                                         device="cuda", gpu="NVIDIA H100 80GB HBM3")
+    write(folder / "results.json", record)
 
 
 @pytest.fixture
 def card_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    write_record(sweep / "a", "failed", 4, ["quant=nf4", "offload=none", "run.memory_limit_gb=4"])
-    write_record(sweep / "b", "ok", 16, ["quant=nf4", "offload=none", "run.memory_limit_gb=16"], 4.2, 13.1)
-    write_record(sweep / "c", "ok", 4, ["quant=nf4", "offload=group_block", "run.memory_limit_gb=4"], 5.9, 3.7)
-    write_record(sweep / "d", "ok", 8, ["quant=nf4", "offload=model", "run.memory_limit_gb=8"], 4.6, 7.6)
+    write_record(sweep / "a", "failed", 4, ["quant=nf4", "offload=none", "run.memory_limit_gib=4"])
+    write_record(sweep / "b", "ok", 16, ["quant=nf4", "offload=none", "run.memory_limit_gib=16"], 4.2, 13.1)
+    write_record(sweep / "c", "ok", 4, ["quant=nf4", "offload=group_block", "run.memory_limit_gib=4"], 5.9, 3.7)
+    write_record(sweep / "d", "ok", 8, ["quant=nf4", "offload=model", "run.memory_limit_gib=8"], 4.6, 7.6)
     return sweep
 
 
 def test_card_names_the_fastest_under_each_cap(card_sweep):
-    table = {entry["cap_gb"]: entry["row"] for entry in card(load_rows(card_sweep))}
-    assert table[4]["job"].endswith("offload=group_block,run.memory_limit_gb=4")
-    assert table[8]["cap_gb"] == 8 and table[8]["latency_s"] == 4.6  # model offload beats block offload
-    assert table[16]["latency_s"] == 4.2
+    table = {entry["cap_gib"]: entry["row"] for entry in card(load_rows(card_sweep))}
+    assert table[4].job.endswith("offload=group_block,run.memory_limit_gib=4")
+    assert table[8].cap_gib == 8 and table[8].latency_s == 4.6  # model offload beats block offload
+    assert table[16].latency_s == 4.2
     rows = load_rows(card_sweep)
-    assert {r["moved_gb_per_call"] for r in rows if r["status"] == "ok"} == {190.0}
+    assert {r.moved_gib_per_call for r in rows if r.status == "ok"} == {190.0}
 
 
 def test_aggregate_writes_the_card_with_each_caps_command(card_sweep):
@@ -220,32 +228,32 @@ def test_aggregate_writes_the_card_with_each_caps_command(card_sweep):
 
     aggregate(card_sweep)
     four = next(row for row in table_rows((card_sweep / "card.md").read_text()) if row[0] == "4")
-    assert four[-1] == "`python -m qco quant=nf4 offload=group_block run.memory_limit_gb=4`" and four[2] == "5.900"
-    assert "cap_gb" in (card_sweep / "sweep.csv").read_text().splitlines()[0]
+    assert four[-1] == "`python -m qco quant=nf4 offload=group_block run.memory_limit_gib=4`" and four[2] == "5.900"
+    assert "cap_gib" in (card_sweep / "sweep.csv").read_text().splitlines()[0]
 
 
 def test_a_combination_that_ran_under_a_smaller_cap_is_not_run_again(card_sweep, make_cfg):
-    cfg = make_cfg("quant=nf4", "offload=model", "run.memory_limit_gb=12")
+    cfg = make_cfg("quant=nf4", "offload=model", "run.memory_limit_gib=12")
     job = card_sweep / "e"
-    record = fits_a_smaller_cap(cfg, job, ["quant=nf4", "offload=model", "run.memory_limit_gb=12"])
-    assert record["status"] == "fits_smaller_cap" and "run.memory_limit_gb=8" in record["reason"]
+    record = fits_a_smaller_cap(cfg, job, ["quant=nf4", "offload=model", "run.memory_limit_gib=12"])
+    assert record.status == "fits_smaller_cap" and "run.memory_limit_gib=8" in record.reason
     assert json.loads((job / "results.json").read_text())["status"] == "fits_smaller_cap"
     # one that failed under the smaller cap runs under the larger one
-    cfg = make_cfg("quant=nf4", "run.memory_limit_gb=6")
-    assert fits_a_smaller_cap(cfg, card_sweep / "f", ["quant=nf4", "offload=none", "run.memory_limit_gb=6"]) is None
+    cfg = make_cfg("quant=nf4", "run.memory_limit_gib=6")
+    assert fits_a_smaller_cap(cfg, card_sweep / "f", ["quant=nf4", "offload=none", "run.memory_limit_gib=6"]) is None
 
 
-def test_recommend_answers_my_card_has_n_gb(card_sweep, capsys):
-    assert recommend_main([str(card_sweep), "--memory-gb", "8"]) == 0
+def test_recommend_answers_my_card_has_n_gib(card_sweep, capsys):
+    assert recommend_main([str(card_sweep), "--memory-gib", "8"]) == 0
     out = capsys.readouterr().out
-    assert "offload=model" in out and "ran under a cap of 8 GB" in out
-    assert recommend_main([str(card_sweep), "--memory-gb", "6"]) == 0
-    assert "group_block" in capsys.readouterr().out  # 8 GB rows are not proven on a 6 GB card
-    assert recommend_main([str(card_sweep), "--memory-gb", "3"]) == 1
+    assert "offload=model" in out and "ran under a cap of 8 GiB" in out
+    assert recommend_main([str(card_sweep), "--memory-gib", "6"]) == 0
+    assert "group_block" in capsys.readouterr().out  # 8 GiB rows are not proven on a 6 GiB card
+    assert recommend_main([str(card_sweep), "--memory-gib", "3"]) == 1
 
 
 def test_a_memory_cap_on_a_cpu_is_refused_in_one_line(tmp_path, models_cache):
-    result = qco_cli(["run.memory_limit_gb=4", "run.device=cpu"], tmp_path, models_cache)
+    result = qco_cli(["run.memory_limit_gib=4", "run.device=cpu"], tmp_path, models_cache)
     (line,) = error_lines(result)
     assert result.returncode == EXIT_USER_ERROR
     assert "memory_cap_needs_cuda" in line and "fix:" in line
@@ -254,7 +262,7 @@ def test_a_memory_cap_on_a_cpu_is_refused_in_one_line(tmp_path, models_cache):
 def test_fit_card_sweep_on_a_cpu_refuses_every_job_without_starting_one(tmp_path, models_cache):
     # the packaged experiment at one of its caps (all six would take 48 jobs, each refused the same way)
     result = qco_cli(["-m", "experiment=fit_card", "model=tiny_flux", "run.device=cpu",
-                      "run.memory_limit_gb=4", "hydra.sweep.dir=sweep"], tmp_path, models_cache, timeout=600)
+                      "run.memory_limit_gib=4", "hydra.sweep.dir=sweep"], tmp_path, models_cache, timeout=600)
     assert result.returncode == EXIT_USER_ERROR, result.stderr[-2000:]
     records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")]
     assert len(records) == 8 and {r["status"] for r in records} == {"refused"}
@@ -276,7 +284,8 @@ def test_torchao_components_are_kept_too(tmp_path, make_cfg):
 
 
 def test_transfers_are_summed_each_way_by_kind_of_memory():
-    from qco.measure import GB, copies_in_trace
+    from qco.measure import copies_in_trace
+    from qco.record import GIB
 
     def copy(name, megabytes, microseconds):
         return {"ph": "X", "cat": "gpu_memcpy", "name": name, "dur": microseconds,
@@ -285,12 +294,12 @@ def test_transfers_are_summed_each_way_by_kind_of_memory():
     events = [copy("Memcpy HtoD (Pinned -> Device)", 1024, 20_000), copy("Memcpy HtoD (Pageable -> Device)", 512, 60_000),
               copy("Memcpy DtoH (Device -> Pageable)", 256, 50_000), {"cat": "kernel", "name": "gemm", "dur": 5}]
     moved = copies_in_trace(events)
-    assert moved["to_gpu"]["copies"] == 2 and moved["to_gpu"]["gb_per_call"] == pytest.approx(1.5)
-    assert moved["to_gpu"]["gb_per_s"] == pytest.approx(1.5 / 0.08)
-    assert moved["to_gpu"]["gb_by_kind"] == {"Pinned -> Device": 1.0, "Pageable -> Device": 0.5}
-    assert moved["from_gpu"]["gb_by_kind"] == {"Device -> Pageable": 0.25}
-    assert "error" in copies_in_trace([{"cat": "kernel", "name": "gemm", "dur": 5}])  # never a silent zero
-    assert GB == 2**30
+    assert moved.to_gpu.copies == 2 and moved.to_gpu.gib_per_call == pytest.approx(1.5)
+    assert moved.to_gpu.gib_per_s == pytest.approx(1.5 / 0.08)
+    assert moved.to_gpu.gib_by_kind == {"Pinned -> Device": 1.0, "Pageable -> Device": 0.5}
+    assert moved.from_gpu.gib_by_kind == {"Device -> Pageable": 0.25}
+    assert copies_in_trace([{"cat": "kernel", "name": "gemm", "dur": 5}]).error  # never a silent zero
+    assert GIB == 2**30
 
 
 def test_out_of_memory_names_what_fit_in_the_sweep_by_its_reserve(card_sweep):
@@ -298,11 +307,11 @@ def test_out_of_memory_names_what_fit_in_the_sweep_by_its_reserve(card_sweep):
     from qco.sweep.aggregate import read_rows
 
     failed = card_sweep / "a"
-    setting = next(r["setting"] for r in read_rows(card_sweep) if r["dir"] == failed)
-    fits = fitting_in_sweep(failed, setting, 8.0, "peak_reserved_gb")
-    assert [line.split(" (")[0] for line in fits] == ["quant=nf4 offload=model run.memory_limit_gb=8",
-                                                     "quant=nf4 offload=group_block run.memory_limit_gb=4"]
-    assert fitting_in_sweep(failed, setting, 3.0, "peak_reserved_gb") == []
+    setting = next(r.setting for r in read_rows(card_sweep) if r.dir == failed)
+    fits = fitting_in_sweep(failed, setting, 8.0, "reserved")
+    assert [line.split(" (")[0] for line in fits] == ["quant=nf4 offload=model run.memory_limit_gib=8",
+                                                     "quant=nf4 offload=group_block run.memory_limit_gib=4"]
+    assert fitting_in_sweep(failed, setting, 3.0, "reserved") == []
 
 
 # --- what cannot fit a cap, known before loading ---
@@ -318,20 +327,20 @@ def capped_plan(make_cfg, *overrides):
 
 
 def test_the_weights_floor_is_counted_from_the_files_and_never_above_the_loaded_weights(make_cfg):
-    from qco.fit import weights_floor_gb
-    from qco.measure import component_sizes_gb
+    from qco.fit import weights_floor_gib
+    from qco.measure import component_sizes_gib
     from qco.models.source import resolve_source
 
-    cfg, plan = capped_plan(make_cfg, "run.memory_limit_gb=0.0001")
+    cfg, plan = capped_plan(make_cfg, "run.memory_limit_gib=0.0001")
     source = Path(resolve_source(cfg.model, cfg.paths.models))
-    floor = weights_floor_gb(plan, source)
+    floor = weights_floor_gib(plan, source)
     _, pipe = build(make_cfg("run.device=cpu"))  # bf16, as the run's dtype
-    loaded = component_sizes_gb(pipe)
+    loaded = component_sizes_gib(pipe)
     assert set(floor) == set(loaded)
     for name in floor:  # the files hold every parameter; non-persistent buffers are not in them
         assert 0.9 * loaded[name] <= floor[name] <= loaded[name] * 1.000001, name
-    cfg, nf4 = capped_plan(make_cfg, "quant=nf4", "run.memory_limit_gb=0.0001")
-    quantized = weights_floor_gb(nf4, source)
+    cfg, nf4 = capped_plan(make_cfg, "quant=nf4", "run.memory_limit_gib=0.0001")
+    quantized = weights_floor_gib(nf4, source)
     assert quantized["transformer"] == pytest.approx(floor["transformer"] / 4, rel=0.01)  # 4 bits of 16
     assert quantized["vae"] == floor["vae"]
 
@@ -344,7 +353,7 @@ def test_a_cap_the_weights_alone_exceed_is_refused_before_loading(offload, refus
     from qco.fit import check_fits
     from qco.models.source import resolve_source
 
-    cfg, plan = capped_plan(make_cfg, f"offload={offload}", "run.memory_limit_gb=0.0001")
+    cfg, plan = capped_plan(make_cfg, f"offload={offload}", "run.memory_limit_gib=0.0001")
     source = Path(resolve_source(cfg.model, cfg.paths.models))
     if refused is None:
         check_fits(plan, source, cfg)  # group offload holds a part: no bound, it must run to tell
@@ -352,8 +361,8 @@ def test_a_cap_the_weights_alone_exceed_is_refused_before_loading(offload, refus
     with pytest.raises(QcoError) as error:
         check_fits(plan, source, cfg)
     (line,) = error.value.lines
-    assert "run.memory_limit_gb=0.0001: does not fit" in line and refused in line and "fix:" in line
+    assert "run.memory_limit_gib=0.0001: does not fit" in line and refused in line and "fix:" in line
     next_offload = {"none": "offload=model", "model": "offload=group_mixed"}[offload]
     assert next_offload in line
-    cfg, plan = capped_plan(make_cfg, f"offload={offload}", "run.memory_limit_gb=1")
-    check_fits(plan, source, cfg)  # 1 GB holds the tiny model's weights
+    cfg, plan = capped_plan(make_cfg, f"offload={offload}", "run.memory_limit_gib=1")
+    check_fits(plan, source, cfg)  # 1 GiB holds the tiny model's weights

@@ -168,7 +168,7 @@ def test_a_results_file_of_the_wrong_shape_is_read_as_unreadable(content, small_
     assert aggregated.returncode == 0 and "Traceback" not in aggregated.stderr, aggregated.stderr[-2000:]
     assert "unreadable" in [row[1] for row in table_rows((sweep / "sweep.md").read_text())]
     recommended = subprocess.run([sys.executable, "-m", "qco.recommend", str(sweep), "--memory", "host",
-                                  "--memory-gb", "100"], capture_output=True, text=True, timeout=120)
+                                  "--memory-gib", "100"], capture_output=True, text=True, timeout=120)
     assert recommended.returncode == 0 and "Traceback" not in recommended.stderr, recommended.stderr[-2000:]
     assert good.parent.name.split(",")[0] in recommended.stdout
 

@@ -87,16 +87,16 @@ def _run(make_cfg, tmp_path, references, *overrides):
 def test_the_reference_is_a_run_with_nothing_applied_made_once(make_cfg, tmp_path):
     references = tmp_path / "references"
     quantized, _ = _run(make_cfg, tmp_path / "int8", references, "quant=torchao_int8wo")
-    quality = quantized["quality"]
-    folder = references / quality["reference"].split("/")[-1]
+    quality = quantized.quality
+    folder = references / quality.reference.split("/")[-1]
     made = json.loads((folder / "reference.json").read_text())
     assert made["made_by"] == "a run of qco" and made["run"]["steps"] == 2
-    assert 0 < quality["ssim"] < 1 and quality["psnr_db"] > 10 and not quality["identical"]
-    assert quality["seconds"] > 0  # recorded apart: quality is measured after the timed calls
+    assert 0 < quality.ssim < 1 and quality.psnr_db > 10 and not quality.identical
+    assert quality.seconds > 0  # recorded apart: quality is measured after the timed calls
 
     plain, _ = _run(make_cfg, tmp_path / "bf16", references, "quant=none")
-    assert plain["quality"]["reference"] == quality["reference"]  # the same setting: the cached reference
-    assert plain["quality"]["identical"] is True and plain["quality"]["ssim"] == pytest.approx(1.0)
+    assert plain.quality.reference == quality.reference  # the same setting: the cached reference
+    assert plain.quality.identical is True and plain.quality.ssim == pytest.approx(1.0)
     # the cached reference is pixel for pixel what a run with nothing applied makes
     made_by_run = np.asarray(Image.open(tmp_path / "bf16" / "image_0.png"))
     assert np.array_equal(made_by_run, np.asarray(Image.open(folder / "image_0.png")))
@@ -107,24 +107,24 @@ def test_a_run_with_nothing_applied_fills_the_cache_and_settings_key_it(make_cfg
     references = tmp_path / "references"
     first, _ = _run(make_cfg, tmp_path / "a", references)
     other_seed, _ = _run(make_cfg, tmp_path / "b", references, "run.seed=1")
-    assert first["quality"]["reference"] != other_seed["quality"]["reference"]
+    assert first.quality.reference != other_seed.quality.reference
     for record in (first, other_seed):
-        made = json.loads((references / record["quality"]["reference"].split("/")[-1] / "reference.json").read_text())
-        assert made["made_by"] == "this run" and record["quality"]["identical"] is True
+        made = json.loads((references / record.quality.reference.split("/")[-1] / "reference.json").read_text())
+        assert made["made_by"] == "this run" and record.quality.identical is True
 
 
 def test_quality_can_be_turned_off(make_cfg, tmp_path):
     references = tmp_path / "references"
     record, _ = _run(make_cfg, tmp_path / "a", references, "quant=torchao_int8wo", "run.quality=false")
-    assert record["quality"] is None and not references.exists()
+    assert record.quality is None and not references.exists()
 
 
 def test_a_reference_that_cannot_be_made_leaves_the_measurement_standing(make_cfg, tmp_path):
     references = tmp_path / "references"
     references.write_text("a file where the cache folder should be")
     record, _ = _run(make_cfg, tmp_path / "a", references, "quant=torchao_int8wo")
-    assert record["status"] == "ok" and record["timings"]["latency_s"]["n"] == 1
-    assert "error" in record["quality"] and "ssim" not in record["quality"]
+    assert record.status == "ok" and record.timings.latency_s.n == 1
+    assert record.quality.error and record.quality.ssim is None
 
 
 # --- the sweep's table and picture, and the recommend command, on a real sweep ---
@@ -172,32 +172,32 @@ def test_recommend_names_the_fastest_that_fits_and_its_command(quality_sweep):
     from qco.sweep.aggregate import read_rows
 
     rows = read_rows(quality_sweep)
-    fastest = min(rows, key=lambda r: r["latency_s"])
-    result = _recommend(quality_sweep, "--memory", "host", "--memory-gb", 100)
+    fastest = min(rows, key=lambda r: r.latency_s)
+    result = _recommend(quality_sweep, "--memory", "host", "--memory-gib", 100)
     assert result.returncode == 0, result.stderr
-    assert f"python -m qco {' '.join(fastest['overrides'])}" in result.stdout
-    assert f"--config-dir {fastest['dir']} --config-name rerun" in result.stdout
+    assert f"python -m qco {' '.join(fastest.overrides)}" in result.stdout
+    assert f"--config-dir {fastest.dir} --config-name rerun" in result.stdout
     # a quality floor only the reference meets picks the reference, whatever its speed
     best, _ = recommend(rows, 100, "host", min_ssim=0.999999)
-    assert best["job"] == "quant=none" or "quant=none" in best["overrides"]
-    floored = _recommend(quality_sweep, "--memory", "host", "--memory-gb", 100, "--min-ssim", 0.999999)
+    assert best.job == "quant=none" or "quant=none" in best.overrides
+    floored = _recommend(quality_sweep, "--memory", "host", "--memory-gib", 100, "--min-ssim", 0.999999)
     assert "quant=none" in floored.stdout.splitlines()[2]
 
 
 def test_recommend_says_in_one_line_when_nothing_fits(quality_sweep):
-    result = _recommend(quality_sweep, "--memory", "host", "--memory-gb", 0.001)
+    result = _recommend(quality_sweep, "--memory", "host", "--memory-gib", 0.001)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "fits 0.001 GB" in lines[0] and "the leanest is" in lines[0] and "fix:" in lines[0]
-    missing = _recommend(quality_sweep / "nope", "--memory-gb", 1)
+    assert len(lines) == 1 and "fits 0.001 GiB" in lines[0] and "the leanest is" in lines[0] and "fix:" in lines[0]
+    missing = _recommend(quality_sweep / "nope", "--memory-gib", 1)
     assert missing.returncode == 2 and "is not a folder" in missing.stderr
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--memory-gb", "nan"], "--memory-gb nan"), (["--memory-gb", "-4"], "--memory-gb -4.0"),
-    (["--memory-gb", "inf"], "--memory-gb inf"),
-    (["--memory-gb", "12", "--min-ssim", "nan"], "--min-ssim nan"),
-    (["--memory-gb", "12", "--min-psnr=-inf"], "--min-psnr -inf"),
+    (["--memory-gib", "nan"], "--memory-gib nan"), (["--memory-gib", "-4"], "--memory-gib -4.0"),
+    (["--memory-gib", "inf"], "--memory-gib inf"),
+    (["--memory-gib", "12", "--min-ssim", "nan"], "--min-ssim nan"),
+    (["--memory-gib", "12", "--min-psnr=-inf"], "--min-psnr -inf"),
 ])
 def test_recommend_refuses_budgets_and_floors_that_are_not_numbers(flags, needle, tmp_path):
     """NaN compares false with everything: a NaN floor or budget would silently filter every row."""
@@ -209,8 +209,8 @@ def test_recommend_refuses_budgets_and_floors_that_are_not_numbers(flags, needle
 def test_a_damaged_reference_is_made_again(make_cfg, tmp_path):
     references = tmp_path / "references"
     first, _ = _run(make_cfg, tmp_path / "a", references, "quant=torchao_int8wo")
-    folder = references / first["quality"]["reference"].split("/")[-1]
+    folder = references / first.quality.reference.split("/")[-1]
     (folder / "image_0.png").unlink()  # cut short after it was made
     again, _ = _run(make_cfg, tmp_path / "b", references, "quant=torchao_int8wo")
-    assert again["quality"]["ssim"] == pytest.approx(first["quality"]["ssim"])
+    assert again.quality.ssim == pytest.approx(first.quality.ssim)
     assert (folder / "image_0.png").is_file()

@@ -85,7 +85,7 @@ def test_group_offload_streams_follow_the_device(make_cfg):
 @pytest.mark.parametrize("target,overrides,rule", [
     (H200, ["quant=int8", "offload=group_block"], "bitsandbytes_int8_block_group_offload"),
     (H200, ["quant=int8", "offload=group_block", "offload.use_stream=false"], "bitsandbytes_int8_block_group_offload"),
-    (CPU, ["run.memory_limit_gb=4"], "memory_cap_needs_cuda"),
+    (CPU, ["run.memory_limit_gib=4"], "memory_cap_needs_cuda"),
     (H200, ["quant=fp4", "offload=sequential"], "bitsandbytes_4bit_sequential_offload"),
     (AMPERE, ["quant=torchao_fp8"], "fp8_needs_sm89"),
     (CPU, ["quant=torchao_fp8"], "fp8_needs_sm89"),
@@ -104,7 +104,7 @@ def test_refusals(target, overrides, rule, make_cfg):
 
 @pytest.mark.parametrize("target,overrides", [
     (H200, ["quant=nf4", "offload=group_leaf"]),  # leaf level with streams runs (gpu_matrix.md)
-    (H200, ["quant=nf4", "offload=group_block", "run.memory_limit_gb=4"]),  # the state follows its weights
+    (H200, ["quant=nf4", "offload=group_block", "run.memory_limit_gib=4"]),  # the state follows its weights
     (H200, ["quant=int8", "offload=group_leaf"]),  # leaf level with streams runs (gpu_matrix.md)
     (H200, ["quant=int8", "offload=sequential"]),
     (H200, ["quant=nf4", "offload=model"]),

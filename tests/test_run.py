@@ -17,7 +17,7 @@ def test_run_writes_results_and_image(make_cfg, tmp_path):
     cfg = make_cfg("quant=nf4", "offload=model", "run.repeats=2", "run.device=cpu")
     record = run(cfg, tmp_path, ["quant=nf4", "offload=model"])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["status"] == "ok" and record["status"] == "ok"
+    assert saved["status"] == "ok" and record.status == "ok"
     assert saved["overrides"] == ["quant=nf4", "offload=model"]
     assert saved["config"]["quant"]["name"] == "nf4"  # the resolved config, interpolations filled in
     assert saved["config"]["quant"]["kwargs"]["bnb_4bit_compute_dtype"] == "bfloat16"
@@ -29,9 +29,9 @@ def test_run_writes_results_and_image(make_cfg, tmp_path):
     assert len(timings["step_s"]["last_call"]) == cfg.run.steps
     assert sum(timings["step_s"]["last_call"]) <= latency["samples"][-1]
     memory = saved["memory"]
-    assert memory["peak_allocated_gb"] is None  # no GPU here
-    assert memory["host_peak_gb"] > 0.1
-    assert set(memory["components_gb"]) == {"transformer", "text_encoder", "text_encoder_2", "vae"}
+    assert memory["peak_allocated_gib"] is None  # no GPU here
+    assert memory["host_peak_gib"] > 0.1
+    assert set(memory["components_gib"]) == {"transformer", "text_encoder", "text_encoder_2", "vae"}
     env = saved["environment"]
     assert env["packages"]["diffusers"] and env["packages"]["hydra-core"] and env["packages"]["bitsandbytes"]
     assert env["python"] and env["device"] == "cpu"
@@ -43,8 +43,8 @@ def test_run_writes_results_and_image(make_cfg, tmp_path):
 def test_quantized_components_are_smaller(make_cfg, tmp_path):
     plain = run(make_cfg("run.repeats=1", "run.device=cpu"), tmp_path / "a")
     nf4 = run(make_cfg("quant=nf4", "run.repeats=1", "run.device=cpu"), tmp_path / "b")
-    assert nf4["memory"]["components_gb"]["transformer"] < 0.5 * plain["memory"]["components_gb"]["transformer"]
-    assert nf4["memory"]["components_gb"]["vae"] == plain["memory"]["components_gb"]["vae"]
+    assert nf4.memory.components_gib["transformer"] < 0.5 * plain.memory.components_gib["transformer"]
+    assert nf4.memory.components_gib["vae"] == plain.memory.components_gib["vae"]
 
 
 def test_same_config_and_seed_give_the_identical_image(make_cfg, tmp_path):
@@ -55,7 +55,7 @@ def test_same_config_and_seed_give_the_identical_image(make_cfg, tmp_path):
     second = np.asarray(Image.open(tmp_path / "second" / "image_0.png"))
     assert np.array_equal(first, second)
     other = run(make_cfg(*overrides, "run.seed=1"), tmp_path / "third")
-    assert other["status"] == "ok"
+    assert other.status == "ok"
     assert not np.array_equal(first, np.asarray(Image.open(tmp_path / "third" / "image_0.png")))
 
 
@@ -67,7 +67,7 @@ def test_hub_model_config_runs_from_a_local_copy(make_cfg, tmp_path):
     cfg = make_cfg("model=flux_dev", f"model.path={folder}", "run.height=64", "run.width=64", "run.steps=2",
                    "run.repeats=1", "run.device=cpu")
     record = run(cfg, tmp_path / "local")
-    assert record["status"] == "ok" and record["plan"]["load"]["source"] == str(folder)
+    assert record.status == "ok" and record.plan["load"]["source"] == str(folder)
 
 
 def test_built_model_is_cached_with_its_marker(make_cfg, tmp_path):
@@ -93,9 +93,9 @@ def test_dry_run_plans_without_loading(make_cfg, tmp_path):
     cfg = make_cfg("quant=nf4", "compile=max_autotune", "offload=model", "run.dry_run=true", "run.device=cpu",
                    "paths.models=" + str(tmp_path / "empty"))
     record = run(cfg, tmp_path)
-    assert record["status"] == "planned"
+    assert record.status == "planned"
     assert not (tmp_path / "empty").exists()  # nothing built, nothing loaded
-    assert record["plan"]["compile"]["kwargs"]["fullgraph"] is False
+    assert record.plan["compile"]["kwargs"]["fullgraph"] is False
 
 
 def test_refused_run_records_its_reason(make_cfg, tmp_path):
@@ -130,4 +130,4 @@ def test_a_run_killed_without_cleanup_leaves_a_record_that_says_so(tmp_path, mod
     record = json.loads((run_dir / "results.json").read_text())
     assert record["status"] == "running" and record["pid"] == process.pid
     row = read_rows(tmp_path)[0]
-    assert row["status"] == "running" and "died without cleaning up" in row["reason"]
+    assert row.status == "running" and "died without cleaning up" in row.reason

@@ -154,9 +154,9 @@ def test_run_reruns_from_its_own_directory(tmp_path, models_cache):
 def test_optuna_search_under_a_memory_budget(tmp_path, models_cache):
     """experiment=search_under_budget for real (3 trials, no compile to keep it short)."""
     missing = qco(["-m", "experiment=search_under_budget"], tmp_path, models_cache)
-    assert missing.returncode == 2 and "qco: error: sweep.memory_budget_gb=null" in missing.stderr
+    assert missing.returncode == 2 and "qco: error: sweep.memory_budget_gib=null" in missing.stderr
 
-    result = qco(["-m", "experiment=search_under_budget", "sweep.memory_budget_gb=100", "hydra.sweeper.n_trials=3",
+    result = qco(["-m", "experiment=search_under_budget", "sweep.memory_budget_gib=100", "hydra.sweeper.n_trials=3",
                   "compile=choice(none)", "offload=choice(none,model)", "run.repeats=1", "run.device=cpu"],
                  tmp_path, models_cache)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -188,7 +188,7 @@ def test_gpu_lease_never_gives_one_gpu_to_two_jobs(tmp_path, monkeypatch):
 
 def test_objectives_for_search_sweepers():
     ok = {"status": "ok", "timings": {"latency_s": {"mean": 2.0}},
-          "memory": {"peak_allocated_gb": 10.0, "host_peak_gb": 3.0}}
+          "memory": {"peak_allocated_gib": 10.0, "host_peak_gib": 3.0}}
     assert objectives(ok, ["latency", "memory"], None) == (2.0, 10.0)
     assert objectives(ok, ["latency_under_budget"], 12.0) == 2.0
     assert objectives(ok, ["latency_under_budget"], 8.0) == float("inf")  # over the budget
@@ -197,7 +197,7 @@ def test_objectives_for_search_sweepers():
 
 
 def test_pareto_front():
-    rows = [{"job": j, "status": "ok", "latency_s": l, "peak_allocated_gb": m}
+    rows = [{"job": j, "status": "ok", "latency_s": l, "peak_allocated_gib": m}
             for j, l, m in [("a", 1.0, 10.0), ("b", 2.0, 5.0), ("c", 2.5, 6.0), ("d", 0.5, 20.0)]]
     rows.append({"job": "e", "status": "failed"})
     assert [r["job"] for r in pareto_front(rows)] == ["a", "b", "d"]

@@ -54,7 +54,7 @@ def test_tiny_wan_run_writes_a_real_video(quant, offload, compile_, make_cfg, co
     cfg = make_cfg(*overrides, "run.repeats=1", "run.device=cpu")
     record = run(cfg, tmp_path, overrides)
 
-    assert record["status"] == "ok"
+    assert record.status == "ok"
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["images"] == ["image_0.png"] and saved["videos"] == ["video_0.gif"]
     assert saved["config"]["run"]["frames"] == 5

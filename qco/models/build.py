@@ -15,6 +15,7 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
+from qco.config import ModelConfig
 from qco.models.tokenizers import MAKERS
 from qco.report import write_folder_atomic, write_text_atomic
 
@@ -125,7 +126,7 @@ def build_lock(folder: Path):
         yield
 
 
-def build_pipeline(model, folder: Path) -> None:
+def build_pipeline(model: ModelConfig, folder: Path) -> None:
     """Build every component, seeded in recipe order, and save the pipeline to `folder` atomically:
     it is written beside it under a temporary name and renamed only when complete."""
     recipe = model.build
@@ -136,7 +137,7 @@ def build_pipeline(model, folder: Path) -> None:
         torch.cuda.empty_cache()
 
 
-def _build_and_save(model, folder: Path, device: str) -> None:
+def _build_and_save(model: ModelConfig, folder: Path, device: str) -> None:
     recipe = model.build
     dtype = getattr(torch, recipe.dtype)
     torch.manual_seed(recipe.seed)

@@ -11,6 +11,7 @@ from typing import Optional, Set
 
 from omegaconf import OmegaConf
 
+from qco.config import ModelConfig
 from qco.errors import WRITE_ERRORS, QcoError
 from qco.models.build import BUILD_MARKER, build_lock, build_pipeline, damage
 from qco.models.index import read_model_index
@@ -18,14 +19,14 @@ from qco.models.index import read_model_index
 log = logging.getLogger(__name__)
 
 
-def built_folder(model, models_cache: str) -> Path:
+def built_folder(model: ModelConfig, models_cache: str) -> Path:
     """The cache folder of a built model, named by a hash of its recipe: a changed recipe is a new build."""
     recipe = json.dumps(OmegaConf.to_container(model.build, resolve=True), sort_keys=True)
     digest = hashlib.sha256(f"{model.pipeline}:{recipe}".encode()).hexdigest()[:12]
     return Path(models_cache).expanduser() / f"{model.name}-{digest}"
 
 
-def resolve_source(model, models_cache: str) -> str:
+def resolve_source(model: ModelConfig, models_cache: str) -> str:
     """What to pass to from_pretrained, building the model first if it is built from a recipe."""
     if model.path is not None:
         return str(Path(model.path).expanduser())
@@ -49,7 +50,7 @@ def resolve_source(model, models_cache: str) -> str:
     return str(folder)
 
 
-def present_source(model, models_cache: str) -> Optional[Path]:
+def present_source(model: ModelConfig, models_cache: str) -> Optional[Path]:
     """The model's local folder where it is already there (model.path, or a finished build), else None:
     nothing is built or downloaded to find it."""
     if model.path is not None:
@@ -59,7 +60,7 @@ def present_source(model, models_cache: str) -> Optional[Path]:
     return None
 
 
-def model_index(model, models_cache: str) -> Optional[dict]:
+def model_index(model: ModelConfig, models_cache: str) -> Optional[dict]:
     """The pipeline's model_index.json where it can be read without loading weights or the network."""
     if model.path is not None:
         index = Path(model.path).expanduser() / "model_index.json"
@@ -76,7 +77,7 @@ def model_index(model, models_cache: str) -> Optional[dict]:
     return content
 
 
-def model_components(model, models_cache: str) -> Optional[Set[str]]:
+def model_components(model: ModelConfig, models_cache: str) -> Optional[Set[str]]:
     """The names of the pipeline's components, or None where unknown before loading."""
     index = model_index(model, models_cache)
     if index is None:

@@ -19,5 +19,5 @@ class AggregateSweep(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = aggregate(sweep_dir)
-        LAST_SWEEP.update(folder=sweep_dir, statuses=[row["status"] for row in rows])
+        LAST_SWEEP.update(folder=sweep_dir, statuses=[row.status for row in rows])
         log.info("Rebuild these any time with: python -m qco.sweep.aggregate %s", sweep_dir)

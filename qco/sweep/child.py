@@ -16,11 +16,19 @@ def main(run_dir: Path) -> None:
 
     job = json.loads((run_dir / JOB_FILE).read_text())
     try:
-        run(OmegaConf.create(job["config"]), run_dir, job["overrides"])
+        run(typed(job["config"]), run_dir, job["overrides"])
     except QcoError as error:  # already recorded in results.json as "refused": a clean end
         for line in error.lines:
             logging.getLogger("qco").error(line)
     # any other exception propagates: a non-zero exit, and results.json says "failed" with why
+
+
+def typed(config: dict):
+    """The job's resolved config on qco's schema (qco/config.py), as the launcher composed it: typed, its closed
+    choices enums, so the job's code reads the same types as a single run's."""
+    from qco.config import Config
+
+    return OmegaConf.merge(OmegaConf.structured(Config), config)
 
 
 if __name__ == "__main__":

@@ -10,38 +10,40 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
 
+from qco.record import RESULTS, Record, Status, read_record, write_record
 from qco.report import write_json_atomic
 
 JOB_FILE = "job.json"  # the resolved config and overrides handed to the job's process
 
 
-def run_isolated(cfg, run_dir: Path, overrides: List[str], env: Optional[Dict[str, str]] = None) -> dict:
+def run_isolated(cfg, run_dir: Path, overrides: List[str], env: Optional[Dict[str, str]] = None) -> Record:
     """Run in a fresh `python -m qco.sweep.child` and return what it recorded in results.json.
     A process that died without recording (killed, out of host memory, a segfault) is recorded here."""
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     write_json_atomic(run_dir / JOB_FILE, {"config": config, "overrides": overrides})
     with open(run_dir / "job.log", "a") as log_file:
         process = subprocess.run([sys.executable, "-m", "qco.sweep.child", str(run_dir)],
                                  stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    results = run_dir / "results.json"
-    record = _read(results)
-    if record.get("status") in (None, "running"):
+    results = run_dir / RESULTS
+    try:
+        record = read_record(results)
+    except (OSError, ValueError):
+        record = None
+    if record is None or record.status == Status.running:
         code = process.returncode
         why = (f"was killed by {signal.Signals(-code).name} (out of host memory, or a kill)" if code < 0
                else f"exited with code {code}")
-        record.update(status="failed", overrides=overrides, config=config,
-                      reason=f"the job's process {why} before recording a result; its log: {run_dir / 'job.log'}")
-        write_json_atomic(results, record)
+        from qco.runner import combination
+
+        record = Record(status=Status.failed, key=combination(cfg), overrides=list(overrides), config=config,
+                        started_at=record.started_at if record else time.time(), pid=record.pid if record else None,
+                        finished_at=time.time(),
+                        reason=f"the job's process {why} before recording a result; its log: {run_dir / 'job.log'}")
+        write_record(results, record)
     return record
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

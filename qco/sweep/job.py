@@ -3,7 +3,6 @@ for a search sweeper (Optuna), which minimises what this returns."""
 
 import contextlib
 import fcntl
-import json
 import logging
 import math
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple, Union
 
 from qco.errors import QcoError
+from qco.record import RESULTS, Record, Status, read_record, read_rows
 from qco.sweep.devices import gpu_lease
 from qco.sweep.isolate import run_isolated
 from qco.sweep.resume import recorded
@@ -33,8 +33,8 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
             keep_earlier_record(run_dir)
         if record is not None:
             log.info("Skipping %s: already recorded as %s (sweep.retry_failed=true reruns failed ones)",
-                     run_dir.name, record["status"])
-            return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gb)
+                     run_dir.name, record.status)
+            return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gib)
         record = refused_in_advance(cfg, run_dir, overrides) or fits_a_smaller_cap(cfg, run_dir, overrides)
         if record is None:
             with gpu_lease() as device:
@@ -42,11 +42,11 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
                 if device is not None:
                     log.info("Job %s runs on GPU %s", run_dir.name, device)
                 record = run_isolated(cfg, run_dir, overrides, env)
-        log.info("Job %s: %s %s", run_dir.name, record["status"], record.get("reason", ""))
-    return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gb)
+        log.info("Job %s: %s %s", run_dir.name, record.status, record.reason)
+    return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gib)
 
 
-def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[dict]:
+def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[Record]:
     """The refused record of a job that the value checks, the rules or the weights' size against its memory cap
     refuse on this machine, written without starting its process; None where the job must run (or only its
     process can tell)."""
@@ -77,39 +77,37 @@ def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[dic
 def keep_earlier_record(run_dir: Path) -> None:
     """sweep.remeasure=true: the job's earlier results.json is kept as results.<when it finished>.json (read
     by nobody but a person comparing), so measuring again loses nothing."""
-    earlier = run_dir / "results.json"
+    earlier = run_dir / RESULTS
     if not earlier.is_file():
         return
     try:
-        finished = json.loads(earlier.read_text()).get("finished_at")
-    except (OSError, ValueError, AttributeError):
+        finished = read_record(earlier).finished_at
+    except (OSError, ValueError):  # unreadable: named by now, and kept all the same
         finished = None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(finished if isinstance(finished, (int, float)) else None))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(finished))
     os.replace(earlier, run_dir / f"results.{stamp}.json")
     log.info("Measuring %s again (sweep.remeasure=true): its earlier record is results.%s.json", run_dir.name, stamp)
 
 
-CAP = "run.memory_limit_gb="
+CAP = "run.memory_limit_gib="
 
 
-def fits_a_smaller_cap(cfg, run_dir: Path, overrides: List[str]) -> Optional[dict]:
+def fits_a_smaller_cap(cfg, run_dir: Path, overrides: List[str]) -> Optional[Record]:
     """A sweep over memory caps (experiment=fit_card) runs a combination under the smallest cap first; once
     it ran under one, it fits every larger cap, so those jobs are recorded as such without running (the
     card table takes each cap's fastest from the runs under it or a smaller one). None: the job must run."""
-    cap = cfg.run.memory_limit_gb
+    cap = cfg.run.memory_limit_gib
     if cap is None:
         return None
-    from qco.sweep.aggregate import read_rows
-
     others = [o for o in overrides if not o.startswith(CAP)]
     for row in read_rows(run_dir.parent):
-        smaller = row.get("cap_gb")
-        if row["status"] == "ok" and smaller is not None and smaller < cap \
-                and [o for o in row["overrides"] if not o.startswith(CAP)] == others:
+        smaller = row.cap_gib
+        if row.status == Status.ok and smaller is not None and smaller < cap \
+                and [o for o in row.overrides if not o.startswith(CAP)] == others:
             from qco.runner import record_without_running
 
-            return record_without_running(cfg, run_dir, overrides, "fits_smaller_cap",
-                                          f"ran under run.memory_limit_gb={smaller:g} ({row['job']}), so it fits "
+            return record_without_running(cfg, run_dir, overrides, Status.fits_smaller_cap,
+                                          f"ran under run.memory_limit_gib={smaller:g} ({row.job}), so it fits "
                                           "this larger cap: not run again")
     return None
 
@@ -137,14 +135,14 @@ def job_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def objectives(record: dict, names: List[str], budget_gb) -> Union[float, Tuple[float, ...]]:
-    if record.get("status") != "ok":
+def objectives(record: Record, names: List[str], budget_gib) -> Union[float, Tuple[float, ...]]:
+    if record.status != Status.ok:
         values = [FAILED] * len(names)
     else:
-        memory = record["memory"]["peak_allocated_gb"]
-        memory = record["memory"]["host_peak_gb"] if memory is None else memory
-        latency = record["timings"]["latency_s"]["mean"]
-        fits = budget_gb is None or memory <= budget_gb
+        memory = record.memory.peak_allocated_gib
+        memory = record.memory.host_peak_gib if memory is None else memory
+        latency = record.latency_s()
+        fits = budget_gib is None or memory <= budget_gib
         values = [{"latency": latency, "memory": memory,
                    "latency_under_budget": latency if fits else FAILED}[name] for name in names]
     return values[0] if len(values) == 1 else tuple(values)

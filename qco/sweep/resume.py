@@ -2,33 +2,27 @@
 when asked (sweep.retry_failed=true). Refusals are decided by the rules, so they are kept too;
 interrupted ones (Ctrl-C) and unreadable ones run again."""
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional
 
-from qco.sweep.aggregate import row_of
+from qco.record import RESULTS, Record, Status, read_record
 
-DONE = ("ok", "refused", "fits_smaller_cap")  # fits_smaller_cap: qco/sweep/job.py
+DONE = (Status.ok, Status.refused, Status.fits_smaller_cap)  # fits_smaller_cap: qco/sweep/job.py
 log = logging.getLogger(__name__)
 
 
-def recorded(run_dir: Path, retry_failed: bool) -> Optional[dict]:
+def recorded(run_dir: Path, retry_failed: bool) -> Optional[Record]:
     """The job's earlier record when it need not run again, else None."""
-    path = run_dir / "results.json"
+    path = run_dir / RESULTS
     if not path.exists():
         return None  # never ran, or was cut off before it recorded anything
     try:
-        record = json.loads(path.read_text())
+        record = read_record(path)  # the shape every reader expects, or an error saying what is wrong
     except (OSError, ValueError) as error:
-        log.warning("%s cannot be read (%s): running that job again; the other jobs' results are untouched",
-                    path, type(error).__name__)
+        log.warning("%s cannot be read or is not a run's record (%s: %s): running that job again; the other jobs' "
+                    "results are untouched", path, type(error).__name__, error)
         return None
-    try:
-        row_of(record, path)  # the shape every reader expects, or an error saying what is wrong
-    except (TypeError, KeyError, AttributeError, ValueError) as error:
-        log.warning("%s is not a run's record (%s: %s): running that job again", path, type(error).__name__, error)
-        return None
-    if record.get("status") in DONE or (record.get("status") == "failed" and not retry_failed):
+    if record.status in DONE or (record.status == Status.failed and not retry_failed):
         return record
     return None

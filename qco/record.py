@@ -1,0 +1,433 @@
+"""The run record, typed: what a run writes to results.json, and the row a sweep's table makes of it.
+
+A run writes a Record (qco/runner.py, qco/execute.py); every reader reads one through read_record() or
+read_rows(): the sweep's table and files, resume, out-of-memory advice, recommend, compare, the Python API
+and the benchmark scripts. A record of an earlier schema is upgraded as it is read (upgrade() below), so
+old results stay readable and are read in today's words.
+
+Units are in the names: seconds end in _s, memory in _gib, PSNR in _db. Memory is in GiB (2**30 bytes), as
+nvidia-smi and the makers of cards count it: a "24 GB" card has 24 GiB, and run.memory_limit_gib=24 is that
+card. (Schema 1 named the same GiB figures _gb.) This module imports no torch: refusals are written without it."""
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from qco.choice import Choice
+
+SCHEMA_VERSION = 2
+GIB = 2**30
+RESULTS = "results.json"
+
+
+class Status(Choice):
+    running = "running"  # written first: a process that dies without cleaning up leaves this
+    ok = "ok"
+    planned = "planned"  # run.dry_run=true: checked and planned, nothing loaded
+    refused = "refused"  # a value, rule or cap refused it before it ran
+    failed = "failed"  # an error or out of memory while it ran
+    interrupted = "interrupted"  # Ctrl-C
+    fits_smaller_cap = "fits_smaller_cap"  # a sweep over caps: it ran under a smaller one (qco/sweep/job.py)
+    unreadable = "unreadable"  # a row only: its results.json cannot be read
+
+
+@dataclass
+class Stats:
+    mean: float
+    min: float
+    p50: float
+    p90: float
+    stdev: float
+    n: int
+
+
+@dataclass
+class LatencyStats(Stats):
+    samples: List[float] = field(default_factory=list)  # each timed call, in order
+
+
+@dataclass
+class StepStats(Stats):
+    last_call: List[float] = field(default_factory=list)  # each denoising step of the last timed call
+
+
+@dataclass
+class Timings:
+    load_s: float  # from_pretrained of every component (quantizing included, where it happens at load)
+    place_s: float  # offload hooks, or moving the pipeline to the device
+    first_call_s: float  # the first call, warm-up or not: compiling happens here
+    latency_s: LatencyStats  # the timed calls
+    step_s: StepStats
+    keep_s: Optional[float] = None  # writing the quantized components to the store, where this run did
+
+
+@dataclass
+class Transfer:
+    """The copies one way between host and GPU in one call (the profiled call, qco/measure.py)."""
+
+    gib_per_call: float
+    gib_per_s: Optional[float]
+    copies: int
+    gib_by_kind: Dict[str, float] = field(default_factory=dict)  # e.g. "Pinned -> Device"
+
+
+@dataclass
+class Transfers:
+    to_gpu: Optional[Transfer] = None
+    from_gpu: Optional[Transfer] = None
+    error: Optional[str] = None  # the probe failed; the run's measurement stands
+
+
+@dataclass
+class Memory:
+    peak_allocated_gib: Optional[float]  # GPU, the timed calls (warm-up included); None on a CPU
+    peak_reserved_gib: Optional[float]  # what the caching allocator held: what a cap bounds
+    host_peak_gib: float  # this process's peak resident memory
+    load_peak_allocated_gib: Optional[float] = None
+    load_peak_reserved_gib: Optional[float] = None
+    components_gib: Dict[str, float] = field(default_factory=dict)  # each component's weights, as stored
+    limit_gib: Optional[float] = None  # run.memory_limit_gib: the cap it ran under
+    outside_allocator_gib: Optional[float] = None  # CUDA context and workspaces, beside the cap
+    transfers: Optional[Transfers] = None  # where weights move every call (offload on a GPU)
+
+
+@dataclass
+class Quality:
+    """PSNR and SSIM against the reference image (nothing applied), or why there are none."""
+
+    psnr_db: Optional[float] = None  # None with identical: every image equals its reference
+    ssim: Optional[float] = None
+    identical: bool = False
+    images: int = 0
+    reference: Optional[str] = None  # the folder of the reference images
+    seconds: Optional[float] = None  # spent on quality, never counted in latency
+    error: Optional[str] = None
+
+
+@dataclass
+class Environment:
+    python: str
+    platform: str
+    cpu_count: Optional[int]
+    packages: Dict[str, Optional[str]]
+    cuda: Optional[str]
+    device: str
+    gpu: Optional[str] = None
+    gpu_driver: Optional[str] = None
+
+    def machine(self) -> str:
+        return (f"{self.gpu or 'CPU'}" + (f" (driver {self.gpu_driver})" if self.gpu_driver else "")
+                + f", torch {self.packages.get('torch')}, diffusers {self.packages.get('diffusers')}, "
+                  f"bitsandbytes {self.packages.get('bitsandbytes')}")
+
+
+@dataclass
+class Measured:
+    """What measuring a run adds to its record (qco/execute.py)."""
+
+    timings: Timings
+    memory: Memory
+    environment: Environment
+    quantized_store: Optional[Dict[str, Any]] = None  # the store of quantized components: folder, loaded, written
+    images: List[str] = field(default_factory=list)
+    videos: List[str] = field(default_factory=list)
+    quality: Optional[Quality] = None
+
+
+@dataclass
+class Record:
+    """results.json. `key` names the combination the same way in every sweep; `config` is the resolved config."""
+
+    status: Status
+    key: str
+    overrides: List[str]
+    config: Dict[str, Any]
+    started_at: float
+    pid: Optional[int] = None
+    schema_version: int = SCHEMA_VERSION
+    finished_at: Optional[float] = None
+    reason: str = ""
+    plan: Optional[Dict[str, Any]] = None
+    timings: Optional[Timings] = None  # set when status is ok, as are memory and environment
+    memory: Optional[Memory] = None
+    environment: Optional[Environment] = None
+    quantized_store: Optional[Dict[str, Any]] = None
+    images: List[str] = field(default_factory=list)  # file names in the run folder
+    videos: List[str] = field(default_factory=list)
+    quality: Optional[Quality] = None
+
+    def add(self, measured: Measured) -> None:
+        for item in fields(Measured):
+            setattr(self, item.name, getattr(measured, item.name))
+
+    def to_json(self) -> Dict[str, Any]:
+        data = json.loads(json.dumps(asdict(self), default=str))
+        return {"schema_version": data.pop("schema_version"), **data}  # first, where a reader looks
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Record":
+        """A record from results.json's content, of this schema or an earlier one; raises ValueError (saying
+        what is wrong) where it is not a run's record."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a {type(data).__name__}, not a record")
+        data = upgrade(data)
+        record = _build(cls, data, "record")
+        if record.status == Status.ok and not (record.timings and record.memory):
+            raise ValueError("status ok without timings and memory")
+        return record
+
+    def latency_s(self) -> float:
+        return self.timings.latency_s.mean
+
+    def cap_gib(self) -> Optional[float]:
+        return (self.config.get("run") or {}).get("memory_limit_gib")
+
+
+def read_record(path: Path) -> Record:
+    """The record in a results.json; raises OSError where it cannot be read, ValueError where it is not one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error.msg})") from error
+    return Record.from_json(data)
+
+
+def write_record(path: Path, record: Record) -> None:
+    from qco.report import write_json_atomic
+
+    write_json_atomic(path, record.to_json())
+
+
+# ---------------------------------------------------------------------------------------------- older schemas
+
+RENAMED_V1 = {"combination": "key"}  # schema 1 → 2, at the top level
+
+
+def _gib_names(data: Any) -> Any:
+    """Schema 1's memory and transfer keys (_gb, gb_) held GiB: the same figures under their right names."""
+    if isinstance(data, dict):
+        renamed = {}
+        for key, value in data.items():
+            if key.endswith("_gb"):
+                key = key[:-3] + "_gib"
+            elif key.startswith("gb_"):
+                key = "gib_" + key[3:]
+            renamed[key] = _gib_names(value)
+        return renamed
+    return data
+
+
+def _gib_override(item: Any) -> Any:
+    """run.memory_limit_gb=8 -> run.memory_limit_gib=8 (and sweep.memory_budget_gb): a command that runs today."""
+    if isinstance(item, str) and "=" in item:
+        name, value = item.split("=", 1)
+        if name.endswith("_gb"):
+            return f"{name[:-3]}_gib={value}"
+    return item
+
+
+def upgrade(data: Dict[str, Any]) -> Dict[str, Any]:
+    """A record of any schema as one of SCHEMA_VERSION (unversioned records are schema 1)."""
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(f"schema_version {version!r}: this qco reads schemas 1 to {SCHEMA_VERSION}; fix: read it "
+                         "with the qco that wrote it (its environment.packages.qco), or upgrade qco")
+    if version == 1:
+        data = {RENAMED_V1.get(key, key): value for key, value in data.items()}
+        for part in ("memory", "config", "plan"):
+            if isinstance(data.get(part), dict):
+                data[part] = _gib_names(data[part])
+        if isinstance(data.get("overrides"), list):
+            data["overrides"] = [_gib_override(item) for item in data["overrides"]]
+        data["schema_version"] = SCHEMA_VERSION
+    return data
+
+
+# ------------------------------------------------------------------------------------------ typed from JSON
+
+def _build(kind, data: Any, where: str):
+    """kind (a dataclass) from a dict, its nested dataclasses too; a missing or mistyped field raises
+    ValueError naming it. Unknown keys are ignored: a newer writer may add fields an older reader skips."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: a {type(data).__name__}, not an object")
+    hints = _hints(kind)
+    values = {}
+    for item in fields(kind):
+        if item.name not in data:
+            if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{where}.{item.name}: missing")
+            continue
+        values[item.name] = _value(hints[item.name], data[item.name], f"{where}.{item.name}")
+    return kind(**values)
+
+
+def _hints(kind) -> Dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(kind)
+
+
+def _value(hint, value, where: str):
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(arg for arg in args if arg is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise ValueError(f"{where}: {value!r} is not one of {[m.value for m in hint]}") from None
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: {value!r} is not a number")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: {value!r} is not a whole number")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: {value!r} is not text")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {value!r} is not true or false")
+        return value
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: a {type(value).__name__}, not a list")
+        return [_value(args[0], item, f"{where}[{index}]") for index, item in enumerate(value)] if args else value
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: a {type(value).__name__}, not an object")
+        return {key: _value(args[1], item, f"{where}.{key}") for key, item in value.items()} if args else value
+    return value  # Any
+
+
+# -------------------------------------------------------------------------------------------------- the row
+
+GROUPS = ("model", "quant", "compile", "offload", "attention", "cache", "tweaks")
+
+
+@dataclass
+class Row:
+    """One job of a sweep as its tables show it: a record flattened, plus where it lies. The fields up to
+    `reason` are the columns of sweep.csv and sweep.json, in order (TIDY_COLUMNS)."""
+
+    key: Optional[str]  # the combination, the same in every sweep: what two sweeps join on
+    model: Optional[str] = None
+    quant: Optional[str] = None
+    compile: Optional[str] = None
+    offload: Optional[str] = None
+    attention: Optional[str] = None
+    cache: Optional[str] = None
+    tweaks: Optional[str] = None
+    device: Optional[str] = None
+    gpu: Optional[str] = None
+    setting: str = ""  # what makes two runs comparable: model, size, steps, calls
+    status: Status = Status.unreadable
+    cap_gib: Optional[float] = None
+    latency_s: Optional[float] = None
+    latency_stdev_s: Optional[float] = None
+    latency_n: Optional[int] = None
+    first_call_s: Optional[float] = None
+    peak_allocated_gib: Optional[float] = None
+    peak_reserved_gib: Optional[float] = None
+    host_peak_gib: Optional[float] = None
+    moved_gib_per_call: Optional[float] = None
+    moved_gib_s: Optional[float] = None
+    ssim: Optional[float] = None
+    psnr_db: Optional[float] = None
+    identical: bool = False
+    pareto: bool = False  # set by the sweep's table (qco/sweep/aggregate.py)
+    job: str = ""  # the job's folder name, or what sets it apart from the sweep's other jobs
+    images: List[str] = field(default_factory=list)  # relative to the sweep folder
+    reason: str = ""
+    # not columns: where it lies and what ran it
+    overrides: List[str] = field(default_factory=list)
+    dir: Optional[Path] = None
+    machine: str = ""
+    record: Optional[Record] = None
+
+    def memory_gib(self, kind: str) -> Optional[float]:
+        """allocated, reserved or host peak."""
+        return {"allocated": self.peak_allocated_gib, "reserved": self.peak_reserved_gib,
+                "host": self.host_peak_gib}[kind]
+
+    def tidy(self) -> Dict[str, Any]:
+        """The columns of sweep.csv and sweep.json."""
+        return {name: _plain(getattr(self, name)) for name in TIDY_COLUMNS}
+
+
+def _plain(value):
+    return value.value if isinstance(value, Enum) else value
+
+
+TIDY_COLUMNS = [item.name for item in fields(Row)][:[item.name for item in fields(Row)].index("reason") + 1]
+
+
+def run_setting(config: Dict[str, Any]) -> str:
+    """What makes two runs comparable: the model and the run's size, steps and calls."""
+    run = config.get("run") or {}
+    if not run:
+        return ""
+    frames = f"x{run['frames']} frames" if run.get("frames") else ""
+    return (f"{config['model']['name']}, {run['width']}x{run['height']}{frames}, {run['steps']} steps, "
+            f"batch {run['batch']}, {run['warmup']} warm-up + {run['repeats']} timed calls")
+
+
+def row_of(record: Record, folder: Path) -> Row:
+    """The row of one job folder's record."""
+    config = record.config
+    reason = record.reason
+    if record.status == Status.running:
+        reason = (f"no end recorded: still running, or process {record.pid} died without cleaning up "
+                  "(a native crash or a kill); its log is in this folder")
+    environment = record.environment
+    row = Row(key=record.key, **{group: (config.get(group) or {}).get("name") for group in GROUPS},
+              device=(environment.device if environment else None) or (config.get("run") or {}).get("device"),
+              gpu=environment.gpu if environment else None, setting=run_setting(config), status=record.status,
+              cap_gib=record.cap_gib(), job=folder.name, reason=reason, overrides=list(record.overrides),
+              dir=folder, record=record)
+    if record.status != Status.ok:
+        return row
+    timings, memory, quality = record.timings, record.memory, record.quality
+    to_gpu = memory.transfers.to_gpu if memory.transfers else None
+    measured = quality is not None and quality.ssim is not None
+    return dataclasses.replace(
+        row, latency_s=timings.latency_s.mean, latency_stdev_s=timings.latency_s.stdev,
+        latency_n=timings.latency_s.n, first_call_s=timings.first_call_s,
+        peak_allocated_gib=memory.peak_allocated_gib, peak_reserved_gib=memory.peak_reserved_gib,
+        host_peak_gib=memory.host_peak_gib,
+        moved_gib_per_call=to_gpu.gib_per_call if to_gpu else None, moved_gib_s=to_gpu.gib_per_s if to_gpu else None,
+        ssim=quality.ssim if measured else None, psnr_db=quality.psnr_db if measured else None,
+        identical=quality.identical if measured else False,
+        images=[f"{folder.name}/{name}" for name in record.images if (folder / name).is_file()],
+        machine=environment.machine() if environment else "",
+        reason="; ".join(note.split(" (")[0] for note in (record.plan or {}).get("notes", [])))
+
+
+def unreadable_row(folder: Path, error: Exception) -> Row:
+    return Row(key=None, job=folder.name, status=Status.unreadable, dir=folder,
+               reason=f"results.json cannot be read or is not a run's record ({type(error).__name__}: "
+                      f"{str(error)[:120]})")
+
+
+def read_rows(sweep_dir: Path) -> List[Row]:
+    """One row per job folder with a results.json, as recorded (an unreadable one says so)."""
+    rows = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{RESULTS}")):
+        try:
+            rows.append(row_of(read_record(path), path.parent))
+        except (OSError, ValueError) as error:
+            rows.append(unreadable_row(path.parent, error))
+    return rows
