@@ -97,7 +97,7 @@ class ModelConfig:
     denoiser: str = "transformer"  # the component that compile and the quant defaults aim at
     denoiser_class: str = MISSING  # its class, so rules can be checked before any weights load
     quantize: List[str] = field(default_factory=list)  # the components quantized by default
-    size_multiple: int = 16  # height and width must be multiples of this
+    size_multiple: int = MISSING  # height and width must be multiples of this (the VAE's and patching's factor)
     max_size: int = 4096
     video: Optional[VideoConfig] = None  # set for a video model (run.frames applies); null: images
     run_defaults: Dict[str, Any] = field(default_factory=dict)  # run values this model expects

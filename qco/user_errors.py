@@ -51,6 +51,9 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
     renamed = _renamed(args)
     if renamed and isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):
         return renamed
+    choice = _closed_choice(error, args)
+    if choice:
+        return choice
     if isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):
         cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
         key = getattr(cause, "full_key", None) or ""
@@ -64,6 +67,25 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
         fix = "check the key's name (" if unknown_key else f"give {key} a value of its type ("
         return [f"{prefix.lstrip(': ')}{message}; fix: {fix}{SHOW_KEYS})"]
     return None
+
+
+def _closed_choice(error: BaseException, args: List[str]) -> Optional[List[str]]:
+    """A value outside one of the schema's closed choices (an enum of qco/config.py), as Hydra refuses it."""
+    import re
+
+    text, cause = "", error
+    while cause is not None:  # Hydra's ConfigCompositionException carries OmegaConf's ValidationError as its cause
+        text, cause = text + " " + _joined(cause), cause.__cause__
+    found = re.search(r"Invalid value '([^']*)', expected one of \[([^\]]*)\]", text)
+    if not found:
+        return None
+    value, allowed = found.groups()
+    given = next((a for a in args if "=" in a and value in a.split("=", 1)[1]), None)
+    key = given.split("=", 1)[0].lstrip("+~") if given else (getattr(error.__cause__, "full_key", None) or "a key")
+    first = allowed.split(",")[0].strip()
+    stated = given.split("=", 1)[1] if given else value
+    example = f"[{first}]" if stated.startswith("[") else first  # a list of choices (sweep.objective)
+    return [f"{key}={stated}: {value!r} is not one of {allowed}; fix: e.g. {key}={example}"]
 
 
 def _renamed(args: List[str]) -> Optional[List[str]]:

@@ -69,3 +69,88 @@ def test_user_config_dir_adds_options_without_editing_the_package(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "name: my_flux" in result.stdout and "steps: 3" in result.stdout
     assert "name: nf4_transformer" in result.stdout and "- transformer\n" in result.stdout
+
+
+# --- YAML states only what differs: from the schema's defaults, or from the option it extends ---
+
+SCHEMAS = {"model": "ModelConfig", "quant": "QuantConfig", "compile": "CompileConfig", "offload": "OffloadConfig",
+           "attention": "AttentionConfig", "cache": "CacheConfig", "tweaks": "TweaksConfig", "run": "RunConfig"}
+
+
+def _raw(group: str, option: str) -> dict:
+    """An option as written, over the options its defaults list names (unresolved: interpolations as text)."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"), resolve=False)
+    bases = [entry for entry in raw.pop("defaults", []) if entry != "_self_"]
+    merged = OmegaConf.create({})
+    for base in bases:
+        merged = OmegaConf.merge(merged, _raw(group, base))
+    return OmegaConf.to_container(OmegaConf.merge(merged, raw), resolve=False)
+
+
+def _inherited(group: str, option: str) -> dict:
+    """What an option's keys would be if it did not state them: its bases', else the schema's defaults."""
+    import qco.config
+
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"), resolve=False)
+    bases = [entry for entry in raw.get("defaults", []) if entry != "_self_"]
+    if bases:
+        merged = OmegaConf.create({})
+        for base in bases:
+            merged = OmegaConf.merge(merged, _raw(group, base))
+        return OmegaConf.to_container(merged, resolve=False)
+    schema = OmegaConf.structured(getattr(qco.config, SCHEMAS[group]))
+    return OmegaConf.to_container(schema, resolve=False, enum_to_str=True)
+
+
+def _repeats(stated, inherited, path=""):
+    """The keys whose stated value is the value they would have anyway."""
+    for key, value in stated.items():
+        here = f"{path}.{key}".lstrip(".")
+        if key in ("defaults", "name") or not isinstance(inherited, dict) or key not in inherited:  # name: its identity
+            continue
+        if isinstance(value, dict) and isinstance(inherited[key], dict) and value:
+            yield from _repeats(value, inherited[key], here)
+        elif value == inherited[key]:
+            yield f"{here}: {value!r}"
+
+
+OPTIONS = [p for p in GROUP_FILES if p.parts[0] in SCHEMAS]
+
+
+@pytest.mark.parametrize("path", OPTIONS, ids=str)
+def test_an_option_states_only_what_differs(path):
+    group, option = path.parts[0], path.stem
+    stated = OmegaConf.to_container(OmegaConf.load(CONF / path), resolve=False)
+    assert list(_repeats(stated, _inherited(group, option))) == [], \
+        f"conf/{path} repeats values it has anyway (the schema's default or its base option's): drop them"
+
+
+def test_the_main_config_states_no_schema_default():
+    from qco.config import Config
+
+    stated = OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml"), resolve=False)
+    schema = OmegaConf.to_container(OmegaConf.structured(Config), resolve=False, enum_to_str=True)
+    assert list(_repeats({k: v for k, v in stated.items() if k in ("sweep", "paths")}, schema)) == []
+
+
+def test_the_check_finds_a_repeated_value():  # the check above can fail: a repeat is found where there is one
+    inherited = _inherited("offload", "group_mixed")
+    assert list(_repeats({"method": "group", "offload_type": "leaf_level"}, inherited)) == ["method: 'group'"]
+    assert list(_repeats({"kwargs": {}}, _inherited("quant", "none"))) == ["kwargs: {}"]
+
+
+@pytest.mark.parametrize("override, allowed", [
+    ("offload.method=disk", "model, sequential, group"), ("quant.backend=gptq", "bitsandbytes_4bit"),
+    ("compile.method=jit", "full, regional"), ("run.dtype=fp8", "bfloat16, float16, float32"),
+    ("offload.offload_type=block", "block_level, leaf_level"), ("sweep.objective=[speed]", "latency, memory"),
+])
+def test_a_value_outside_a_closed_choice_is_refused_by_hydra_in_one_line(override, allowed, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "qco", override, "run.dry_run=true"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    key = override.split("=")[0]
+    assert line.startswith(f"qco: error: {override}: ") and allowed in line and f"fix: e.g. {key}=" in line

@@ -111,7 +111,8 @@ def test_failed_rows_rerun_only_when_asked(tmp_path, models_cache):
     assert qco(args, tmp_path, models_cache).returncode == 0
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
     failed = sweep / "quant=int8,run.device=cpu,run.repeats=1" / "results.json"
-    failed.write_text(json.dumps({"status": "failed", "reason": "out of memory (planted)", "overrides": ["quant=int8"]}))
+    planted = {**json.loads(failed.read_text()), "status": "failed", "reason": "out of memory (planted)"}
+    failed.write_text(json.dumps(planted))  # a whole record of a failed run, as a run writes one
     ok_pid = job(records(sweep), "quant=none")["pid"]
 
     assert qco(args, tmp_path, models_cache).returncode == 0
@@ -187,20 +188,28 @@ def test_gpu_lease_never_gives_one_gpu_to_two_jobs(tmp_path, monkeypatch):
 
 
 def test_objectives_for_search_sweepers():
-    ok = {"status": "ok", "timings": {"latency_s": {"mean": 2.0}},
-          "memory": {"peak_allocated_gib": 10.0, "host_peak_gib": 3.0}}
+    from qco.record import LatencyStats, Memory, Record, StepStats, Timings
+
+    stats = dict(mean=2.0, min=2.0, p50=2.0, p90=2.0, stdev=0.0, n=1)
+    ok = Record(status="ok", key="k", overrides=[], config={}, started_at=0.0,
+                timings=Timings(load_s=1.0, place_s=0.0, first_call_s=3.0, latency_s=LatencyStats(**stats),
+                                step_s=StepStats(**stats)),
+                memory=Memory(peak_allocated_gib=10.0, peak_reserved_gib=11.0, host_peak_gib=3.0))
     assert objectives(ok, ["latency", "memory"], None) == (2.0, 10.0)
     assert objectives(ok, ["latency_under_budget"], 12.0) == 2.0
     assert objectives(ok, ["latency_under_budget"], 8.0) == float("inf")  # over the budget
     assert objectives(ok, ["latency"], 8.0) == 2.0
-    assert objectives({"status": "refused"}, ["latency", "memory"], None) == (float("inf"), float("inf"))
+    refused = Record(status="refused", key="k", overrides=[], config={}, started_at=0.0)
+    assert objectives(refused, ["latency", "memory"], None) == (float("inf"), float("inf"))
 
 
 def test_pareto_front():
-    rows = [{"job": j, "status": "ok", "latency_s": l, "peak_allocated_gib": m}
+    from qco.record import Row
+
+    rows = [Row(key=j, job=j, status="ok", latency_s=l, peak_allocated_gib=m)
             for j, l, m in [("a", 1.0, 10.0), ("b", 2.0, 5.0), ("c", 2.5, 6.0), ("d", 0.5, 20.0)]]
-    rows.append({"job": "e", "status": "failed"})
-    assert [r["job"] for r in pareto_front(rows)] == ["a", "b", "d"]
+    rows.append(Row(key="e", job="e", status="failed"))
+    assert [r.job for r in pareto_front(rows)] == ["a", "b", "d"]
 
 
 def test_a_sweep_the_rules_refuse_whole_starts_no_job_and_fails(tmp_path, models_cache):
