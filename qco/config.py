@@ -124,6 +124,8 @@ class CompileConfig:
     dynamo: Dict[str, Any] = field(default_factory=dict)  # torch._dynamo.config while it runs
     dynamo_with_offload: Dict[str, Any] = field(default_factory=dict)  # added when offloading
     inductor: Dict[str, Any] = field(default_factory=dict)  # torch._inductor.config while it runs
+    # keep the compiled artifacts (paths.compile_cache) and start warm from them; false: every cache off, a cold start
+    cache: bool = True
 
 
 @dataclass
@@ -194,6 +196,7 @@ class PathsConfig:
     models: str = MISSING  # where built-from-config models are cached
     references: str = MISSING  # where reference images (nothing applied) are cached
     quantized: str = MISSING  # where quantized components are kept (qco/models/quantized.py)
+    compile_cache: str = MISSING  # where compiled artifacts are kept (qco/compile_store.py)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from qco.config import Config, ModelConfig
+from qco.compile_store import open_store
 from qco.compose import compose_pipeline
 from qco.errors import QcoError
 from qco.measure import (DeviceMemory, HostMemory, Phase, compile_settings, component_sizes_gib, measure_calls,
@@ -69,6 +70,10 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
 
     run = cfg.run
     kwargs = call_kwargs(run)
+    compiled = open_store(plan, {"height": run.height, "width": run.width, "frames": run.frames, "batch": run.batch},
+                          cfg.paths.compile_cache)
+    if compiled is not None:
+        compiled.load()  # before the first call: a warm start where this key was compiled before
     device.reset()
     with compile_settings(plan.compile.dynamo, plan.compile.inductor):
         measured = measure_calls(pipe, kwargs, run.seed, plan.target.device, run.warmup, run.repeats,
@@ -81,6 +86,7 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
         if plan.place.method is not None and plan.target.is_cuda:  # weights cross the bus at every call
             phase.now = "the transfer probe call"
             memory.transfers = transfers(pipe, kwargs, run.seed, plan.target.device)
+    compile_cache = compiled.save() if compiled is not None else None  # after the calls: never timed
     del pipe  # measured: its memory is free for the reference, if one must be made
     # the cap bounds the measured run; the reference (nothing applied, bf16) is made as on a card that can
     # make it, so a capped run's quality is measured against the same image as an uncapped one's
@@ -99,7 +105,8 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
                         latency_s=LatencyStats(**stats(measured.call_s), samples=measured.call_s),
                         step_s=StepStats(**stats(steps), last_call=measured.step_s[-1])),
         memory=memory, environment=environment(plan.target.device), quantized_store=store, images=images,
-        videos=videos, quality=quality(cfg, plan, kwargs, measured.images) if run.quality else None)
+        videos=videos, quality=quality(cfg, plan, kwargs, measured.images) if run.quality else None,
+        compile_cache=compile_cache)
 
 
 def transfers(pipe, kwargs: dict, seed: int, device: str) -> Transfers:

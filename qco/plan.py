@@ -65,6 +65,7 @@ class CompileStep:
     dynamo: Dict[str, Any] = field(default_factory=dict)
     dynamo_with_offload: Dict[str, Any] = field(default_factory=dict)
     inductor: Dict[str, Any] = field(default_factory=dict)
+    cache: bool = True  # the compile store (qco/compile_store.py); False: every cache off, a cold start
 
 
 @dataclass
@@ -186,6 +187,9 @@ def draft_plan(cfg: Config, target: Target) -> Plan:
         compile_step.dynamo = dict(comp.dynamo)
         compile_step.dynamo_with_offload = dict(comp.dynamo_with_offload)
         compile_step.inductor = dict(comp.inductor)
+        compile_step.cache = comp.cache
+        if not comp.cache:  # a cold start, measured as one: inductor's own on-disk caches are off too
+            compile_step.inductor["force_disable_caches"] = True
     return Plan(
         model=cfg.model.name,
         target=target,

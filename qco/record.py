@@ -108,6 +108,22 @@ class Quality:
 
 
 @dataclass
+class CompileCache:
+    """What the store of compiled artifacts did (qco/compile_store.py), and what torch's caches counted."""
+
+    start: str  # warm: the kept artifacts were loaded before the first call; cold: compiled here
+    folder: Optional[str] = None  # None: no store (compile.cache=false turns every cache off)
+    load_s: Optional[float] = None  # loading the kept artifacts, before the first call (in first_call_s: no)
+    save_s: Optional[float] = None  # keeping them after the calls, never part of any timing above
+    saved: bool = False
+    bytes: Optional[int] = None
+    graphs_from_cache: int = 0  # inductor's FX graph cache hits during the calls
+    graphs_compiled: int = 0  # its misses: graphs compiled in this run
+    graphs_not_cacheable: int = 0  # graphs inductor would not cache (bypassed), compiled in every run
+    error: Optional[str] = None  # why kept artifacts were not used or not kept
+
+
+@dataclass
 class Environment:
     python: str
     platform: str
@@ -135,6 +151,7 @@ class Measured:
     images: List[str] = field(default_factory=list)
     videos: List[str] = field(default_factory=list)
     quality: Optional[Quality] = None
+    compile_cache: Optional[CompileCache] = None  # where the denoiser is compiled
 
 
 @dataclass
@@ -158,6 +175,7 @@ class Record:
     images: List[str] = field(default_factory=list)  # file names in the run folder
     videos: List[str] = field(default_factory=list)
     quality: Optional[Quality] = None
+    compile_cache: Optional[CompileCache] = None
 
     def add(self, measured: Measured) -> None:
         for item in fields(Measured):
@@ -340,6 +358,7 @@ class Row:
     latency_stdev_s: Optional[float] = None
     latency_n: Optional[int] = None
     first_call_s: Optional[float] = None
+    compile_start: Optional[str] = None  # warm or cold, where the denoiser is compiled
     peak_allocated_gib: Optional[float] = None
     peak_reserved_gib: Optional[float] = None
     host_peak_gib: Optional[float] = None
@@ -406,6 +425,7 @@ def row_of(record: Record, folder: Path) -> Row:
     return dataclasses.replace(
         row, latency_s=timings.latency_s.mean, latency_stdev_s=timings.latency_s.stdev,
         latency_n=timings.latency_s.n, first_call_s=timings.first_call_s,
+        compile_start=record.compile_cache.start if record.compile_cache else None,
         peak_allocated_gib=memory.peak_allocated_gib, peak_reserved_gib=memory.peak_reserved_gib,
         host_peak_gib=memory.host_peak_gib,
         moved_gib_per_call=to_gpu.gib_per_call if to_gpu else None, moved_gib_s=to_gpu.gib_per_s if to_gpu else None,

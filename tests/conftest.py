@@ -21,6 +21,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach a hub in tests
 os.environ.setdefault("QCO_REFERENCE_CACHE", str(REPO / ".pytest_cache" / "references"))
 # quantized components: each test session starts without any, so a test sees the first run quantize
 os.environ.setdefault("QCO_QUANTIZED_CACHE", tempfile.mkdtemp(prefix="qco-quantized-"))
+# compiled artifacts, likewise: the session's first compile of a key is cold
+os.environ.setdefault("QCO_COMPILE_CACHE", tempfile.mkdtemp(prefix="qco-compile-"))
 
 register_configs()
 

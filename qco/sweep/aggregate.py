@@ -14,7 +14,7 @@ from qco.record import RESULTS, SCHEMA_VERSION, TIDY_COLUMNS, Row, Status, read_
 from qco.report import write_atomic, write_json_atomic, write_text_atomic
 
 # sweep.md, for reading: what tells the rows apart (sweep.csv and sweep.json have every column: TIDY_COLUMNS)
-COLUMNS = ["job", "status", "cap_gib", "latency_s", "latency_stdev_s", "first_call_s", "peak_allocated_gib",
+COLUMNS = ["job", "status", "cap_gib", "latency_s", "latency_stdev_s", "first_call_s", "compile_start", "peak_allocated_gib",
            "peak_reserved_gib", "host_peak_gib", "moved_gib_per_call", "moved_gib_s", "ssim", "psnr_db", "reason"]
 
 

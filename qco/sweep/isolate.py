@@ -5,7 +5,6 @@ recorded as that row's status while the sweep goes on.
 A subprocess (not multiprocessing) because launchers run jobs in their own worker processes
 (joblib's loky, submitit), whose start-method state a multiprocessing child would inherit."""
 
-import json
 import os
 import signal
 import subprocess

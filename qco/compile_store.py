@@ -1,0 +1,179 @@
+"""The store of compiled artifacts: compile once, start warm after. After a run compiles, torch's portable cache
+artifacts (torch.compiler.save_cache_artifacts: inductor's FX graphs with their Triton kernels, AOTAutograd's
+graphs, autotuning results) are kept under paths.compile_cache, in a folder named by a hash of everything they
+depend on: the model's architecture, what is applied to it, shapes and dtype, the libraries' versions and the
+device. The next run of the same key loads them (torch.compiler.load_cache_artifacts) before its first call, so
+torch finds its graphs in its own caches instead of compiling them. Nothing here holds compiled code of its own.
+
+A changed key is another folder, never a stale load. A folder that was cut short or altered since it was written
+(its checksum, qco/models/build.py damage) or that torch cannot load is removed with a warning and written
+again after the calls. Folders are written whole (write_folder_atomic) under a lock, so jobs of one sweep that
+share the store never leave half an artifact. compile.cache=false turns every cache off (inductor's
+force_disable_caches): a cold start, measured as one."""
+
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from qco.models.build import BUILD_MARKER, VERIFIED, build_lock, damage, fingerprint, sha256_of
+from qco.plan import Plan
+from qco.record import CompileCache
+from qco.report import write_folder_atomic
+
+log = logging.getLogger(__name__)
+
+ARTIFACTS = "artifacts.bin"
+LIBRARIES = ("torch", "triton", "diffusers", "transformers", "bitsandbytes", "torchao")
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _architecture(source: Path, component: str) -> Optional[str]:
+    """The hash of the denoiser's config.json and the pipeline's model_index.json: what its graphs are made of."""
+    digest = hashlib.sha256()
+    for path in (source / "model_index.json", source / component / "config.json"):
+        if not path.is_file():
+            return None
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def device_name(device: str) -> str:
+    """The device the kernels are built for: a GPU's name and compute capability, or the CPU's."""
+    if device.startswith("cuda"):
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor})"
+    return f"cpu {platform.machine()} {platform.processor() or ''}".strip()
+
+
+def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
+    """Everything the compiled artifacts depend on; None where the model's files cannot be identified."""
+    source = Path(plan.load.source or "")
+    architecture = _architecture(source, plan.compile.component) if source.is_dir() else None
+    if architecture is None:
+        return None
+    load = plan.load
+    return {
+        "model": plan.model, "architecture": architecture, "dtype": str(load.dtype),
+        "compile": {"method": plan.compile.method, "kwargs": plan.compile.kwargs,
+                    "channels_last": plan.compile.channels_last, "dynamo": plan.compile.dynamo,
+                    "dynamo_with_offload": plan.compile.dynamo_with_offload, "inductor": plan.compile.inductor},
+        "quant": {"backend": load.quant_backend, "method": load.quant_method, "kwargs": load.quant_kwargs,
+                  "components": sorted(load.quant_components)},
+        "tune": {"fuse_qkv": plan.tune.fuse_qkv, "after_fusion": plan.tune.quantize_after_fusion,
+                 "attention": plan.tune.attention_backend},
+        "cache": {"method": plan.cache.method, "kwargs": plan.cache.kwargs},
+        "offload": {"method": plan.place.method, "others": plan.place.others_offload_type,
+                    "kwargs": {k: v for k, v in plan.place.kwargs.items() if k not in ("device", "onload_device")}},
+        "shapes": call,  # height, width, frames, batch: what the graphs are specialised to
+        "versions": {name: _version(name) for name in LIBRARIES}, "python": platform.python_version(),
+        "device": device_name(plan.target.device),
+    }
+
+
+def store_folder(root: str, plan: Plan, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(root).expanduser() / f"{plan.model}-{plan.compile.method}-{digest}"
+
+
+def _counters() -> Dict[str, int]:
+    """torch's own count of graphs found in and missing from its caches, in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return {"from_cache": counters["inductor"]["fxgraph_cache_hit"],
+            "compiled": counters["inductor"]["fxgraph_cache_miss"],
+            "not_cacheable": counters["inductor"]["fxgraph_cache_bypass"]}
+
+
+class CompileStore:
+    """Load before the first call, save after the calls, and say what happened (a CompileCache)."""
+
+    def __init__(self, folder: Optional[Path], key: Optional[dict], enabled: bool):
+        self.folder, self.key, self.enabled = folder, key, enabled
+        self.record = CompileCache(start="cold", folder=str(folder) if folder and enabled else None)
+        self.before: Dict[str, int] = {}
+
+    def load(self) -> CompileCache:
+        """Before the first call: the kept artifacts into torch's caches, where there are whole ones."""
+        self.before = _counters()
+        if not self.enabled or self.folder is None or not self.folder.is_dir():
+            return self.record
+        start = time.perf_counter()
+        with build_lock(self.folder):
+            problem = damage(self.folder) if self.folder.is_dir() else "gone"
+            if problem is None:
+                try:
+                    torch.compiler.load_cache_artifacts((self.folder / ARTIFACTS).read_bytes())
+                except Exception as error:  # noqa: BLE001 - torch's own format errors: a cold start, not a crash
+                    problem = f"torch could not load them ({type(error).__name__}: {str(error)[:200]})"
+            if problem is not None:
+                log.warning("The kept compiled artifacts in %s cannot be used (%s): removed, compiling again and "
+                            "keeping the result", self.folder, problem)
+                shutil.rmtree(self.folder, ignore_errors=True)
+                self.record.error = problem
+                return self.record
+        self.record.start, self.record.load_s = "warm", time.perf_counter() - start
+        self.record.bytes = (self.folder / ARTIFACTS).stat().st_size
+        log.info("Loaded the compiled artifacts kept in %s (%.1f s): a warm start", self.folder, self.record.load_s)
+        return self.record
+
+    def save(self) -> CompileCache:
+        """After the calls: count what torch found and compiled, and keep the artifacts where this run compiled."""
+        now = _counters()
+        self.record.graphs_from_cache = now["from_cache"] - self.before.get("from_cache", 0)
+        self.record.graphs_compiled = now["compiled"] - self.before.get("compiled", 0)
+        self.record.graphs_not_cacheable = now["not_cacheable"] - self.before.get("not_cacheable", 0)
+        if not self.enabled or self.folder is None or self.record.graphs_compiled == 0:
+            return self.record
+        start = time.perf_counter()
+        artifacts = torch.compiler.save_cache_artifacts()
+        if artifacts is None:
+            return self.record
+        data = artifacts[0]
+
+        def fill(staging: Path) -> None:
+            (staging / ARTIFACTS).write_bytes(data)
+            files = {ARTIFACTS: {"bytes": len(data), "sha256": sha256_of(staging / ARTIFACTS)}}
+            (staging / BUILD_MARKER).write_text(json.dumps({"key": self.key, "files": files}, indent=1, default=str))
+            (staging / VERIFIED).write_text(json.dumps({ARTIFACTS: fingerprint(staging / ARTIFACTS)}))
+
+        try:
+            with build_lock(self.folder):
+                if self.record.start == "warm":  # loaded, yet some graphs were compiled here: a fuller set replaces it
+                    shutil.rmtree(self.folder, ignore_errors=True)
+                # where another job of the sweep kept the same key first, theirs stays (write_folder_atomic)
+                write_folder_atomic(self.folder, fill, finished=lambda kept: (kept / BUILD_MARKER).is_file())
+        except OSError as error:
+            log.warning("The compiled artifacts were not kept (%s: %s): the next run compiles again; fix: point "
+                        "paths.compile_cache (or QCO_COMPILE_CACHE) at a writable folder", error.strerror,
+                        error.filename or self.folder)
+            self.record.error = f"not kept: {error.strerror}"
+            return self.record
+        self.record.saved, self.record.bytes = True, len(data)
+        self.record.save_s = time.perf_counter() - start
+        log.info("Kept the compiled artifacts in %s (%.1f MiB)", self.folder, len(data) / 2**20)
+        return self.record
+
+
+def open_store(plan: Plan, call: Dict[str, object], root: str) -> Optional[CompileStore]:
+    """The store for this run's compiled denoiser; None where nothing is compiled."""
+    if plan.compile.method is None:
+        return None
+    enabled = plan.compile.cache
+    key = store_key(plan, call) if enabled else None
+    if enabled and key is None:
+        log.info("No compile store for %s: its model files cannot be identified", plan.model)
+    return CompileStore(store_folder(root, plan, key) if key else None, key, enabled and key is not None)
