@@ -34,7 +34,7 @@ def test_both_sides_measured_on_the_same_weights(comparison):
     plain = json.loads((out / "plain" / "bf16.json").read_text())
     median = sorted(plain["latency_samples_s"])[0] / 2 + sorted(plain["latency_samples_s"])[1] / 2
     assert bf16["ratio"]["latency_s"] == pytest.approx(bf16["qco"]["latency_s"] / median)
-    assert 0.2 < bf16["ratio"]["latency_s"] < 5  # two real measurements of the same work, not a constant
+    assert 0.1 < bf16["ratio"]["latency_s"] < 10  # two real measurements of the same work, not a constant (tiny: noisy)
     assert "| bf16 baseline | `(defaults)` |" in (out / "compare.md").read_text()
 
 
