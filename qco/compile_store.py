@@ -162,8 +162,12 @@ class CompileStore:
                         error.filename or self.folder)
             self.record.error = f"not kept: {error.strerror}"
             return self.record
-        self.record.saved, self.record.bytes = True, len(data)
         self.record.save_s = time.perf_counter() - start
+        kept = json.loads((self.folder / BUILD_MARKER).read_text())["files"][ARTIFACTS]["sha256"]
+        if kept != hashlib.sha256(data).hexdigest():  # another job of the sweep kept the same key first: theirs stay
+            log.info("The compiled artifacts of this key were kept by another run first: %s", self.folder)
+            return self.record
+        self.record.saved, self.record.bytes = True, len(data)
         log.info("Kept the compiled artifacts in %s (%.1f MiB)", self.folder, len(data) / 2**20)
         return self.record
 

@@ -124,6 +124,15 @@ class CompileCache:
 
 
 @dataclass
+class Gpu:
+    """One GPU a run used, as nvidia-smi names it: a sweep's table can say which card each job had."""
+
+    index: Optional[str]  # as nvidia-smi numbers the host's GPUs (CUDA_VISIBLE_DEVICES maps the process's to it)
+    uuid: Optional[str]
+    name: str
+
+
+@dataclass
 class Environment:
     python: str
     platform: str
@@ -133,6 +142,9 @@ class Environment:
     device: str
     gpu: Optional[str] = None
     gpu_driver: Optional[str] = None
+    host: Optional[str] = None
+    world_size: int = 1  # processes of the run (several where one image is split across GPUs)
+    gpus: List[Gpu] = field(default_factory=list)  # every GPU the run used
 
     def machine(self) -> str:
         return (f"{self.gpu or 'CPU'}" + (f" (driver {self.gpu_driver})" if self.gpu_driver else "")
@@ -351,6 +363,8 @@ class Row:
     tweaks: Optional[str] = None
     device: Optional[str] = None
     gpu: Optional[str] = None
+    gpu_index: Optional[str] = None  # the host's GPU(s) it ran on, as nvidia-smi numbers them
+    host: Optional[str] = None
     setting: str = ""  # what makes two runs comparable: model, size, steps, calls
     status: Status = Status.unreadable
     cap_gib: Optional[float] = None
@@ -414,7 +428,9 @@ def row_of(record: Record, folder: Path) -> Row:
     environment = record.environment
     row = Row(key=record.key, **{group: (config.get(group) or {}).get("name") for group in GROUPS},
               device=(environment.device if environment else None) or (config.get("run") or {}).get("device"),
-              gpu=environment.gpu if environment else None, setting=run_setting(config), status=record.status,
+              gpu=environment.gpu if environment else None,
+              gpu_index=",".join(str(g.index) for g in environment.gpus) or None if environment else None,
+              host=environment.host if environment else None, setting=run_setting(config), status=record.status,
               cap_gib=record.cap_gib(), job=folder.name, reason=reason, overrides=list(record.overrides),
               dir=folder, record=record)
     if record.status != Status.ok:

@@ -5,6 +5,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from importlib import metadata
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from qco.config import Config
-from qco.record import Environment, Record
+from qco.record import Environment, Gpu, Record
 
 PACKAGES = ("qco", "torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "torchao",
             "hydra-core", "omegaconf", "triton", "safetensors")
@@ -28,11 +29,26 @@ def environment(device: str) -> Environment:
         except metadata.PackageNotFoundError:
             versions[package] = None
     env = Environment(python=platform.python_version(), platform=platform.platform(), cpu_count=os.cpu_count(),
-                      packages=versions, cuda=torch.version.cuda, device=device)
+                      packages=versions, cuda=torch.version.cuda, device=device, host=socket.gethostname(),
+                      world_size=int(os.environ.get("WORLD_SIZE", "1")))
     if device.startswith("cuda"):
         env.gpu = torch.cuda.get_device_name(device)
         env.gpu_driver = _nvidia_driver()
+        visible = torch.device(device).index
+        visible = torch.cuda.current_device() if visible is None else visible
+        uuid = getattr(torch.cuda.get_device_properties(visible), "uuid", None)
+        env.gpus = [Gpu(index=host_gpu_index(visible, os.environ.get("CUDA_VISIBLE_DEVICES")),
+                        uuid=f"GPU-{uuid}" if uuid is not None else None, name=env.gpu)]
     return env
+
+
+def host_gpu_index(visible: int, listed: Optional[str]) -> Optional[str]:
+    """The host's number (or UUID) of the process's GPU `visible`: CUDA_VISIBLE_DEVICES lists, in order, the
+    host's GPUs the process sees (what a sweep's GPU lease sets); unset, the numbers are the host's."""
+    if listed is None:
+        return str(visible)
+    entries = [entry.strip() for entry in listed.split(",") if entry.strip()]
+    return entries[visible] if visible < len(entries) else None
 
 
 def _nvidia_driver() -> Optional[str]:

@@ -32,6 +32,31 @@ def models_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+SMALL_SWEEP = ["-m", "quant=none,int8", "run.repeats=1", "run.device=cpu"]
+
+
+@pytest.fixture(scope="session")
+def small_sweep(tmp_path_factory, models_cache) -> Path:
+    """The working folder of `python -m qco` + SMALL_SWEEP, run once for the session: tests that need a finished
+    sweep take a copy (copy_sweep), so none of them pays for making one or sees another's changes."""
+    from tests.helpers import qco_cli
+
+    folder = tmp_path_factory.mktemp("small_sweep")
+    result = qco_cli(SMALL_SWEEP, folder, models_cache, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def copy_sweep(small_sweep: Path, cwd: Path) -> Path:
+    """A copy of the small sweep's outputs/ in cwd, where `python -m qco` + SMALL_SWEEP run in cwd finds it
+    (the same overrides name the same folder); returns the sweep's folder."""
+    import shutil
+
+    shutil.copytree(small_sweep / "outputs", cwd / "outputs", dirs_exist_ok=True)
+    (sweep,) = (cwd / "outputs" / "sweeps").iterdir()
+    return sweep
+
+
 @pytest.fixture
 def make_cfg(models_cache):
     """Compose the packaged config with overrides, as `python -m qco <overrides>` would."""

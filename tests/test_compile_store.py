@@ -16,7 +16,7 @@ from qco.execute import check_and_plan
 from qco.models.build import BUILD_MARKER
 from qco.models.source import resolve_source
 
-RUN = ["compile=regional", "run.repeats=1", "run.quality=false", "run.device=cpu"]
+RUN = ["compile=regional", "run.steps=1", "run.repeats=1", "run.quality=false", "run.device=cpu"]
 
 
 def start(tmp: Path, name: str, store: Path, models: Path, *overrides: str) -> subprocess.Popen:
@@ -35,85 +35,75 @@ def finish(tmp: Path, name: str, process: subprocess.Popen) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, models_cache):
-    """Two waves of processes. First: a cold run of key A, and two runs of key B (another size) at once into an
-    empty store. Then: key A again (warm), key A from a copy of the store whose artifacts were damaged, and key A
-    with compile.cache=false."""
+    """Two waves of two processes. First: two runs of one key at once, into an empty store. Then: that key again
+    from the store (warm), and from a copy of the store whose artifacts were cut short."""
     tmp = tmp_path_factory.mktemp("compile")
     store = tmp / "store"
-    first = {"cold": start(tmp, "cold", store, models_cache),
-             "twin_a": start(tmp, "twin_a", store, models_cache, "run.height=80"),
-             "twin_b": start(tmp, "twin_b", store, models_cache, "run.height=80")}
+    first = {name: start(tmp, name, store, models_cache) for name in ("twin_a", "twin_b")}
     records = {name: finish(tmp, name, process) for name, process in first.items()}
-    (kept,) = [Path(records["cold"]["compile_cache"]["folder"])]
+    kept = Path(records["twin_a"]["compile_cache"]["folder"])
     damaged = tmp / "damaged_store"
     shutil.copytree(store, damaged)
     artifacts = damaged / kept.name / ARTIFACTS
     artifacts.write_bytes(artifacts.read_bytes()[: artifacts.stat().st_size // 2])  # cut short
-    second = {"warm": start(tmp, "warm", store, models_cache),
-              "damaged": start(tmp, "damaged", damaged, models_cache),
-              "off": start(tmp, "off", store, models_cache, "compile.cache=false")}
+    second = {"warm": start(tmp, "warm", store, models_cache), "damaged": start(tmp, "damaged", damaged, models_cache)}
     records.update({name: finish(tmp, name, process) for name, process in second.items()})
     return tmp, store, damaged, records
 
 
-def test_a_cold_run_keeps_what_it_compiled(runs):
+def test_cold_runs_keep_what_they_compiled_and_two_writers_leave_one_whole_artifact(runs):
+    from qco.models.build import damage
+
     tmp, store, _, records = runs
-    cold = records["cold"]["compile_cache"]
-    assert cold["start"] == "cold" and cold["saved"] and cold["graphs_compiled"] >= 1
-    assert cold["graphs_from_cache"] == 0  # its own inductor cache was empty
-    folder = Path(cold["folder"])
-    assert folder.parent == store and (folder / ARTIFACTS).stat().st_size == cold["bytes"]
+    a, b = records["twin_a"]["compile_cache"], records["twin_b"]["compile_cache"]
+    assert a["folder"] == b["folder"] and a["start"] == b["start"] == "cold"  # neither found anything kept
+    assert a["graphs_compiled"] >= 1 and a["graphs_from_cache"] == 0  # each with an empty inductor cache
+    assert [a["saved"], b["saved"]].count(True) >= 1  # the first to finish kept its own; the other kept theirs
+    folder = Path(a["folder"])
+    assert folder.parent == store and damage(folder) is None  # one folder, whole: its checksum holds
+    assert [p.name for p in store.iterdir() if not p.name.startswith(".")] == [folder.name]
+    assert not [p for p in store.iterdir() if p.is_dir() and p.name.startswith(".")]  # no staging left behind
     marker = json.loads((folder / BUILD_MARKER).read_text())
     assert marker["key"]["model"] == "tiny_flux" and marker["key"]["shapes"]["height"] == 64
 
 
 def test_a_second_process_starts_warm_from_the_store_alone(runs):
     _, _, _, records = runs
-    warm = records["warm"]["compile_cache"]
-    assert warm["start"] == "warm" and warm["folder"] == records["cold"]["compile_cache"]["folder"]
-    # every graph the cold run compiled came from torch's caches, which only the store had filled
-    assert warm["graphs_compiled"] == 0 and warm["graphs_from_cache"] == records["cold"]["compile_cache"]["graphs_compiled"]
+    warm, cold = records["warm"]["compile_cache"], records["twin_a"]["compile_cache"]
+    assert warm["start"] == "warm" and warm["folder"] == cold["folder"]
+    # every graph the cold runs compiled came from torch's caches, which only the store had filled
+    assert warm["graphs_compiled"] == 0 and warm["graphs_from_cache"] == cold["graphs_compiled"]
     assert not warm["saved"] and warm["load_s"] is not None
 
 
-def test_another_size_is_another_key_and_two_writers_leave_one_whole_artifact(runs):
-    _, store, _, records = runs
-    a, b = records["twin_a"]["compile_cache"], records["twin_b"]["compile_cache"]
-    assert a["folder"] == b["folder"] != records["cold"]["compile_cache"]["folder"]  # height 80 misses key A
-    assert a["start"] == b["start"] == "cold"  # both started before either had kept anything
-    folder = Path(a["folder"])
+def test_damaged_artifacts_are_removed_and_rebuilt_with_a_warning(runs):
     from qco.models.build import damage
 
-    assert damage(folder) is None  # the one folder left is whole: its checksum holds
-    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == \
-        sorted({Path(a["folder"]).name, Path(records["cold"]["compile_cache"]["folder"]).name})
-    assert not [p for p in store.iterdir() if p.is_dir() and p.name.startswith(".")]  # no staging left behind
-
-
-def test_damaged_artifacts_are_removed_and_rebuilt_with_a_warning(runs):
     tmp, _, damaged, records = runs
     result = records["damaged"]["compile_cache"]
     assert result["start"] == "cold" and result["error"] and result["saved"]
     assert "cannot be used" in (tmp / "damaged.log").read_text()
-    from qco.models.build import damage
-
-    assert damage(Path(result["folder"])) is None  # written again, whole
+    assert damage(Path(result["folder"])) is None and Path(result["folder"]).parent == damaged  # written again, whole
 
 
-def test_compile_cache_false_is_a_cold_start_with_every_cache_off(runs):
-    _, _, _, records = runs
-    off = records["off"]["compile_cache"]
-    assert off["start"] == "cold" and off["folder"] is None and not off["saved"]
-    assert off["graphs_from_cache"] == 0  # the store held key A, and was not read
-    assert records["off"]["plan"]["compile"]["inductor"]["force_disable_caches"] is True
+def test_compile_cache_false_turns_every_cache_off(make_cfg):
+    from qco.compile_store import open_store
+
+    cfg = make_cfg(*RUN, "compile.cache=false")
+    plan = check_and_plan(cfg)
+    plan.load.source = resolve_source(cfg.model, cfg.paths.models)
+    store = open_store(plan, {"height": 64, "width": 64, "frames": None, "batch": 1}, cfg.paths.compile_cache)
+    assert not store.enabled and store.folder is None and store.record.folder is None
+    assert store.load().start == "cold"  # nothing read, whatever the store holds
+    assert plan.compile.inductor["force_disable_caches"] is True  # inductor's own caches off as well
 
 
 def test_the_sweep_table_says_warm_or_cold(runs):
     from qco.record import read_rows
 
     tmp, _, _, _ = runs
-    starts = {row.job: row.compile_start for row in read_rows(tmp) if row.job in ("cold", "warm")}
-    assert starts == {"cold": "cold", "warm": "warm"}
+    starts = {row.job: row.compile_start for row in read_rows(tmp) if row.job in ("twin_a", "warm")}
+    assert starts == {"twin_a": "cold", "warm": "warm"}
 
 
 @pytest.mark.parametrize("change", ["run.height=96", "run.batch=2", "run.dtype=float16", "compile=default",

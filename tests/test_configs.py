@@ -139,18 +139,40 @@ def test_the_check_finds_a_repeated_value():  # the check above can fail: a repe
     assert list(_repeats({"kwargs": {}}, _inherited("quant", "none"))) == ["kwargs: {}"]
 
 
+def _one_line(override: str):
+    """The line qco prints for an override Hydra refuses while composing (qco/user_errors.py), in this process."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from qco.user_errors import one_line
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("qco.conf", version_base="1.3"):
+            compose("config", overrides=[override])
+    except Exception as error:  # noqa: BLE001 - what Hydra raises is what the command line turns into a line
+        return one_line(error, [override])
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
 @pytest.mark.parametrize("override, allowed", [
     ("offload.method=disk", "model, sequential, group"), ("quant.backend=gptq", "bitsandbytes_4bit"),
     ("compile.method=jit", "full, regional"), ("run.dtype=fp8", "bfloat16, float16, float32"),
     ("offload.offload_type=block", "block_level, leaf_level"), ("sweep.objective=[speed]", "latency, memory"),
 ])
-def test_a_value_outside_a_closed_choice_is_refused_by_hydra_in_one_line(override, allowed, tmp_path):
+def test_a_value_outside_a_closed_choice_is_refused_by_hydra_in_one_line(override, allowed):
+    (line,) = _one_line(override)
+    key = override.split("=")[0]
+    assert line.startswith(f"{override}: ") and allowed in line and f"fix: e.g. {key}=" in line
+
+
+def test_the_command_line_prints_that_line_and_exits_2(tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "qco", override, "run.dry_run=true"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "qco", "run.dtype=fp8", "run.dry_run=true"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
-    key = override.split("=")[0]
-    assert line.startswith(f"qco: error: {override}: ") and allowed in line and f"fix: e.g. {key}=" in line
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [f"qco: error: {_one_line('run.dtype=fp8')[0]}"]

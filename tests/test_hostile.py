@@ -19,6 +19,7 @@ from qco.models.build import BUILD_MARKER
 from qco.models.source import built_folder, resolve_source
 from qco.runner import run
 from qco.validate import check_class_names
+from tests.conftest import SMALL_SWEEP, copy_sweep
 from tests.helpers import error_lines as errors
 from tests.helpers import qco_cli as qco
 from tests.helpers import table_rows
@@ -150,13 +151,6 @@ def test_a_bad_model_index_is_one_line(index, needle, make_cfg, tmp_path, models
 WRONG_SHAPES = ['[]', '{"status": "ok"}', '{"status": "ok", "timings": {"latency_s": {"mean": "fast"}}}', '"ok"']
 
 
-@pytest.fixture(scope="module")
-def small_sweep(tmp_path_factory, models_cache):
-    folder = tmp_path_factory.mktemp("sweep")
-    assert qco(["-m", "quant=none,int8", "run.repeats=1", "run.device=cpu"], folder, models_cache).returncode == 0
-    return folder
-
-
 @pytest.mark.parametrize("content", WRONG_SHAPES)
 def test_a_results_file_of_the_wrong_shape_is_read_as_unreadable(content, small_sweep, tmp_path, models_cache):
     sweep = tmp_path / "sweep"
@@ -173,11 +167,11 @@ def test_a_results_file_of_the_wrong_shape_is_read_as_unreadable(content, small_
     assert good.parent.name.split(",")[0] in recommended.stdout
 
 
-def test_resume_reruns_a_results_file_of_the_wrong_shape(small_sweep, models_cache):
-    sweep = next((small_sweep / "outputs" / "sweeps").iterdir())
+def test_resume_reruns_a_results_file_of_the_wrong_shape(small_sweep, tmp_path, models_cache):
+    sweep = copy_sweep(small_sweep, tmp_path)
     (bad,) = [p for p in sweep.glob("*/results.json") if "int8" in p.parent.name]
     bad.write_text('{"status": "ok"}')
-    result = qco(["-m", "quant=none,int8", "run.repeats=1", "run.device=cpu"], small_sweep, models_cache)
+    result = qco(SMALL_SWEEP, tmp_path, models_cache)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "is not a run's record" in result.stdout + result.stderr
     assert json.loads(bad.read_text())["timings"]["latency_s"]["mean"] > 0
@@ -262,10 +256,9 @@ def test_running_out_of_host_memory_names_the_phase(tmp_path, models_cache):
     assert record["status"] == "failed" and "warm-up call 1" in record["reason"]
 
 
-def test_damaged_results_file_in_a_sweep_is_rerun(tmp_path, models_cache):
-    args = ["-m", "quant=none,int8", "run.repeats=1", "run.device=cpu"]
-    assert qco(args, tmp_path, models_cache).returncode == 0
-    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+def test_damaged_results_file_in_a_sweep_is_rerun(small_sweep, tmp_path, models_cache):
+    args = SMALL_SWEEP
+    sweep = copy_sweep(small_sweep, tmp_path)
     damaged, = [p for p in sweep.glob("*/results.json") if "int8" in p.parent.name]
     intact, = [p for p in sweep.glob("*/results.json") if "int8" not in p.parent.name]
     kept = intact.read_bytes()

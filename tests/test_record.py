@@ -4,7 +4,6 @@ benchmark script); records of the earlier schema are read in today's words; unit
 
 import csv
 import json
-import subprocess
 import sys
 
 import pytest
@@ -139,15 +138,13 @@ def test_upgrading_keeps_a_current_record_as_it_is():
 
 
 @pytest.mark.parametrize("old, new", [
-    (["run.memory_limit_gb=8"], "fix: run.memory_limit_gib=8"),
-    (["-m", "sweep.memory_budget_gb=12", "quant=none"], "fix: sweep.memory_budget_gib=12"),
+    ("run.memory_limit_gb=8", "fix: run.memory_limit_gib=8"), ("sweep.memory_budget_gb=12", "fix: sweep.memory_budget_gib=12"),
 ])
-def test_an_old_memory_key_on_the_command_line_is_told_its_new_name(old, new, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "qco", *old, "run.dry_run=true"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
-    assert "renamed" in line and "GiB" in line and line.endswith(new)
+def test_an_old_memory_key_on_the_command_line_is_told_its_new_name(old, new):
+    from tests.test_configs import _one_line
+
+    (line,) = _one_line(old)
+    assert line.startswith(f"{old}: renamed") and "GiB" in line and line.endswith(new)
 
 
 def test_recommend_tells_the_old_flag_its_new_name(tmp_path, capsys):
@@ -169,3 +166,19 @@ def test_a_run_that_cannot_be_read_back_is_not_a_record_a_reader_trusts(tmp_path
 def test_the_tidy_columns_are_the_rows_fields_in_order():
     assert TIDY_COLUMNS[:8] == ["key", "model", "quant", "compile", "offload", "attention", "cache", "tweaks"]
     assert TIDY_COLUMNS[-1] == "reason" and "dir" not in TIDY_COLUMNS and "record" not in TIDY_COLUMNS
+
+
+def test_a_record_names_its_hardware(written):
+    import socket
+
+    from qco.report import host_gpu_index
+
+    sweep, returned = written
+    environment = returned.environment
+    assert environment.host == socket.gethostname() and environment.world_size == 1
+    assert environment.gpus == [] and environment.device == "cpu"  # no GPU here: none named
+    (row,) = read_rows(sweep)
+    assert row.host == environment.host and row.gpu_index is None
+    # a GPU run names the host's GPU: CUDA_VISIBLE_DEVICES (a sweep's lease) maps the process's numbers to it
+    assert host_gpu_index(0, None) == "0" and host_gpu_index(1, "2,3") == "3"
+    assert host_gpu_index(0, "GPU-5f1c") == "GPU-5f1c" and host_gpu_index(2, "1") is None

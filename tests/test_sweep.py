@@ -18,6 +18,7 @@ from PIL import Image
 from qco.sweep.aggregate import pareto_front
 from qco.sweep.devices import gpu_lease
 from qco.sweep.job import objectives
+from tests.conftest import SMALL_SWEEP, copy_sweep
 from tests.helpers import qco_cli, table_rows
 
 
@@ -106,10 +107,9 @@ def test_killed_sweep_resumes_without_loss_or_repeats(tmp_path, models_cache):
     assert "Skipping" in result.stdout + result.stderr
 
 
-def test_failed_rows_rerun_only_when_asked(tmp_path, models_cache):
-    args = ["-m", "quant=none,int8", "run.repeats=1", "run.device=cpu"]
-    assert qco(args, tmp_path, models_cache).returncode == 0
-    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+def test_failed_rows_rerun_only_when_asked(small_sweep, tmp_path, models_cache):
+    args = SMALL_SWEEP
+    sweep = copy_sweep(small_sweep, tmp_path)
     failed = sweep / "quant=int8,run.device=cpu,run.repeats=1" / "results.json"
     planted = {**json.loads(failed.read_text()), "status": "failed", "reason": "out of memory (planted)"}
     failed.write_text(json.dumps(planted))  # a whole record of a failed run, as a run writes one
@@ -153,18 +153,18 @@ def test_run_reruns_from_its_own_directory(tmp_path, models_cache):
 
 
 def test_optuna_search_under_a_memory_budget(tmp_path, models_cache):
-    """experiment=search_under_budget for real (3 trials, no compile to keep it short)."""
+    """experiment=search_under_budget for real (2 trials, no compile to keep it short)."""
     missing = qco(["-m", "experiment=search_under_budget"], tmp_path, models_cache)
     assert missing.returncode == 2 and "qco: error: sweep.memory_budget_gib=null" in missing.stderr
 
-    result = qco(["-m", "experiment=search_under_budget", "sweep.memory_budget_gib=100", "hydra.sweeper.n_trials=3",
+    result = qco(["-m", "experiment=search_under_budget", "sweep.memory_budget_gib=100", "hydra.sweeper.n_trials=2",
                   "compile=choice(none)", "offload=choice(none,model)", "run.repeats=1", "run.device=cpu"],
                  tmp_path, models_cache)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Best parameters" in result.stdout + result.stderr
     (sweep,) = (tmp_path / "outputs" / "sweeps").glob("*run.repeats=1*")
     jobs = records(sweep)
-    assert 1 <= len(jobs) <= 3 and all(r["status"] in ("ok", "refused") for r in jobs.values())
+    assert 1 <= len(jobs) <= 2 and all(r["status"] in ("ok", "refused") for r in jobs.values())
 
 
 def test_gpu_lease_never_gives_one_gpu_to_two_jobs(tmp_path, monkeypatch):
