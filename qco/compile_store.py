@@ -24,6 +24,7 @@ from typing import Dict, Optional
 import torch
 
 from qco.models.build import BUILD_MARKER, VERIFIED, build_lock, damage, fingerprint, sha256_of
+from qco.models.quantized import source_folder
 from qco.plan import Plan
 from qco.record import CompileCache
 from qco.report import write_folder_atomic
@@ -61,8 +62,8 @@ def device_name(device: str) -> str:
 
 def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
     """Everything the compiled artifacts depend on; None where the model's files cannot be identified."""
-    source = Path(plan.load.source or "")
-    architecture = _architecture(source, plan.compile.component) if source.is_dir() else None
+    source = source_folder(plan.load)  # a built model's folder, model.path, or a hub model's cached snapshot
+    architecture = _architecture(source, plan.compile.component) if source is not None else None
     if architecture is None:
         return None
     load = plan.load

@@ -31,7 +31,7 @@ def _version(package: str) -> Optional[str]:
         return None
 
 
-def _source_files(load: LoadStep) -> Optional[Path]:
+def source_folder(load: LoadStep) -> Optional[Path]:
     """The local folder the pipeline loads from (a built model, model.path, or a hub model's cached snapshot),
     or None where its files are not on this machine yet."""
     source = Path(load.source).expanduser()
@@ -45,7 +45,7 @@ def _source_files(load: LoadStep) -> Optional[Path]:
 
 def store_key(load: LoadStep, model: str) -> Optional[dict]:
     """Everything the quantized components depend on; None where the source cannot be identified."""
-    folder = _source_files(load)
+    folder = source_folder(load)
     if folder is None:
         return None
     files = {str(p.relative_to(folder)): [p.stat().st_size, p.stat().st_mtime_ns]
