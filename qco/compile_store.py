@@ -17,29 +17,21 @@ import logging
 import platform
 import shutil
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
 
-from qco.models.build import BUILD_MARKER, VERIFIED, build_lock, damage, fingerprint, sha256_of
+from qco.models.build import BUILD_MARKER, VERIFIED, build_lock, damage, fingerprint
 from qco.models.quantized import source_folder
 from qco.plan import Plan
 from qco.record import CompileCache
-from qco.report import write_folder_atomic
+from qco.report import package_versions, write_folder_atomic
 
 log = logging.getLogger(__name__)
 
 ARTIFACTS = "artifacts.bin"
 LIBRARIES = ("torch", "triton", "diffusers", "transformers", "bitsandbytes", "torchao")
-
-
-def _version(package: str) -> Optional[str]:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 def _architecture(source: Path, component: str) -> Optional[str]:
@@ -80,7 +72,7 @@ def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
         "offload": {"method": plan.place.method, "others": plan.place.others_offload_type,
                     "kwargs": {k: v for k, v in plan.place.kwargs.items() if k not in ("device", "onload_device")}},
         "shapes": call,  # height, width, frames, batch: what the graphs are specialised to
-        "versions": {name: _version(name) for name in LIBRARIES}, "python": platform.python_version(),
+        "versions": package_versions(LIBRARIES), "python": platform.python_version(),
         "device": device_name(plan.target.device),
     }
 
@@ -144,10 +136,11 @@ class CompileStore:
         if artifacts is None:
             return self.record
         data = artifacts[0]
+        digest = hashlib.sha256(data).hexdigest()
 
         def fill(staging: Path) -> None:
             (staging / ARTIFACTS).write_bytes(data)
-            files = {ARTIFACTS: {"bytes": len(data), "sha256": sha256_of(staging / ARTIFACTS)}}
+            files = {ARTIFACTS: {"bytes": len(data), "sha256": digest}}
             (staging / BUILD_MARKER).write_text(json.dumps({"key": self.key, "files": files}, indent=1, default=str))
             (staging / VERIFIED).write_text(json.dumps({ARTIFACTS: fingerprint(staging / ARTIFACTS)}))
 
@@ -157,6 +150,7 @@ class CompileStore:
                     shutil.rmtree(self.folder, ignore_errors=True)
                 # where another job of the sweep kept the same key first, theirs stays (write_folder_atomic)
                 write_folder_atomic(self.folder, fill, finished=lambda kept: (kept / BUILD_MARKER).is_file())
+                kept = json.loads((self.folder / BUILD_MARKER).read_text())["files"][ARTIFACTS]["sha256"]
         except OSError as error:
             log.warning("The compiled artifacts were not kept (%s: %s): the next run compiles again; fix: point "
                         "paths.compile_cache (or QCO_COMPILE_CACHE) at a writable folder", error.strerror,
@@ -164,8 +158,7 @@ class CompileStore:
             self.record.error = f"not kept: {error.strerror}"
             return self.record
         self.record.save_s = time.perf_counter() - start
-        kept = json.loads((self.folder / BUILD_MARKER).read_text())["files"][ARTIFACTS]["sha256"]
-        if kept != hashlib.sha256(data).hexdigest():  # another job of the sweep kept the same key first: theirs stay
+        if kept != digest:  # another job of the sweep kept the same key first: theirs stay
             log.info("The compiled artifacts of this key were kept by another run first: %s", self.folder)
             return self.record
         self.record.saved, self.record.bytes = True, len(data)

@@ -10,6 +10,7 @@ nvidia-smi and the makers of cards count it: a "24 GB" card has 24 GiB, and run.
 card. (Schema 1 named the same GiB figures _gb.) This module imports no torch: refusals are written without it."""
 
 import dataclasses
+import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
@@ -294,7 +295,9 @@ def _build(kind, data: Any, where: str):
     return kind(**values)
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(kind) -> Dict[str, Any]:
+    """A dataclass's field types, resolved once: a sweep's table reads every record through them."""
     import typing
 
     return typing.get_type_hints(kind)

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from qco.config import Config
 from qco.record import Environment, Gpu, Record
@@ -19,15 +19,21 @@ PACKAGES = ("qco", "torch", "diffusers", "transformers", "accelerate", "bitsandb
             "hydra-core", "omegaconf", "triton", "safetensors")
 
 
-def environment(device: str) -> Environment:
-    import torch  # here, not above: writing a refused run's record needs no torch
-
+def package_versions(packages) -> Dict[str, Optional[str]]:
+    """Each installed package's version, None where it is not installed (the record, the stores' keys)."""
     versions = {}
-    for package in PACKAGES:
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    return versions
+
+
+def environment(device: str) -> Environment:
+    import torch  # here, not above: writing a refused run's record needs no torch
+
+    versions = package_versions(PACKAGES)
     env = Environment(python=platform.python_version(), platform=platform.platform(), cpu_count=os.cpu_count(),
                       packages=versions, cuda=torch.version.cuda, device=device, host=socket.gethostname(),
                       world_size=int(os.environ.get("WORLD_SIZE", "1")))

@@ -77,27 +77,31 @@ SCHEMAS = {"model": "ModelConfig", "quant": "QuantConfig", "compile": "CompileCo
            "attention": "AttentionConfig", "cache": "CacheConfig", "tweaks": "TweaksConfig", "run": "RunConfig"}
 
 
-def _raw(group: str, option: str) -> dict:
-    """An option as written, over the options its defaults list names (unresolved: interpolations as text)."""
+def _bases(group: str, option: str):
+    """An option as written (unresolved: interpolations as text), and its bases' merged keys (None: no base)."""
     raw = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"), resolve=False)
     bases = [entry for entry in raw.pop("defaults", []) if entry != "_self_"]
+    if not bases:
+        return raw, None
     merged = OmegaConf.create({})
     for base in bases:
         merged = OmegaConf.merge(merged, _raw(group, base))
-    return OmegaConf.to_container(OmegaConf.merge(merged, raw), resolve=False)
+    return raw, OmegaConf.to_container(merged, resolve=False)
+
+
+def _raw(group: str, option: str) -> dict:
+    """An option as written, over the options its defaults list names."""
+    raw, bases = _bases(group, option)
+    return OmegaConf.to_container(OmegaConf.merge(bases or {}, raw), resolve=False)
 
 
 def _inherited(group: str, option: str) -> dict:
     """What an option's keys would be if it did not state them: its bases', else the schema's defaults."""
     import qco.config
 
-    raw = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"), resolve=False)
-    bases = [entry for entry in raw.get("defaults", []) if entry != "_self_"]
-    if bases:
-        merged = OmegaConf.create({})
-        for base in bases:
-            merged = OmegaConf.merge(merged, _raw(group, base))
-        return OmegaConf.to_container(merged, resolve=False)
+    _, bases = _bases(group, option)
+    if bases is not None:
+        return bases
     schema = OmegaConf.structured(getattr(qco.config, SCHEMAS[group]))
     return OmegaConf.to_container(schema, resolve=False, enum_to_str=True)
 

@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -17,18 +16,11 @@ import torch
 from qco.errors import WRITE_ERRORS
 from qco.models.build import BUILD_MARKER, VERIFIED, build_lock, component_class, damage, fingerprint, sha256_of
 from qco.plan import LoadStep
-from qco.report import write_folder_atomic
+from qco.report import package_versions, write_folder_atomic
 
 log = logging.getLogger(__name__)
 
 LIBRARIES = ("torch", "diffusers", "transformers", "bitsandbytes", "torchao", "safetensors")
-
-
-def _version(package: str) -> Optional[str]:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 def source_folder(load: LoadStep) -> Optional[Path]:
@@ -54,7 +46,7 @@ def store_key(load: LoadStep, model: str) -> Optional[dict]:
     return {"model": model, "source": str(folder.resolve()), "source_files": files, "dtype": load.dtype,
             "backend": load.quant_backend, "method": load.quant_method, "kwargs": load.quant_kwargs,
             "components": sorted(load.quant_components),
-            "versions": {name: _version(name) for name in LIBRARIES}}
+            "versions": package_versions(LIBRARIES)}
 
 
 def store_folder(load: LoadStep, key: dict) -> Path:
