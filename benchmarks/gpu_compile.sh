@@ -24,18 +24,5 @@ for start in cold warm; do
     run.repeats=2 run.quality=false "hydra.run.dir=$work/$start" > "$out/$start.log" 2>&1
   echo "exit $? after $(( $(date +%s) - begin )) s"
   cp "$work/$start/results.json" "$out/$start.results.json" 2>/dev/null
-  python - "$work/$start/results.json" <<'PY'
-import sys
-from qco.record import read_record
-try:
-    r = read_record(sys.argv[1])
-except (OSError, ValueError) as error:
-    sys.exit(f"no record: {error}")
-print(r.status, r.reason[:300])
-if r.status == "ok":
-    t, c = r.timings, r.compile_cache
-    print(f"first call {t.first_call_s:.1f} s, latency {t.latency_s.mean:.3f} s (+- {t.latency_s.stdev:.3f}), "
-          f"load {t.load_s:.1f} s")
-    print(f"compile store: {c}")
-PY
+  python benchmarks/show_record.py "$work/$start/results.json"
 done 2>&1 | tee "$out/summary.txt"

@@ -46,28 +46,5 @@ for name in "${order[@]}"; do
   timeout "${QCO_ROW_TIMEOUT:-480}" python -m qco $args run.device=cuda run.repeats=2 \
     run.quality=false "hydra.run.dir=$out/$name" > "$out/$name.log" 2>&1
   echo "exit $? after $(( $(date +%s) - start )) s"
-  python - "$out/$name/results.json" <<'PY'
-import sys
-from qco.record import read_record
-try:
-    r = read_record(sys.argv[1])
-except (OSError, ValueError) as error:
-    sys.exit(f"no record: {error}")
-print(r.status, r.reason[:400])
-if r.status == "ok":
-    t, m, store = r.timings, r.memory, r.quantized_store or {}
-    print(f"latency {t.latency_s.mean:.3f} s (+- {t.latency_s.stdev:.3f}), load {t.load_s:.1f} s "
-          f"({'loaded the kept quantized components' if store.get('loaded') else 'quantized at load'}"
-          f"{', then kept them in %.1f s' % t.keep_s if t.keep_s is not None else ''}), place {t.place_s:.1f} s, "
-          f"first call {t.first_call_s:.1f} s")
-    print(f"cap {m.limit_gib} GiB; calls: peak allocated {m.peak_allocated_gib:.2f} GiB, reserved "
-          f"{m.peak_reserved_gib:.2f} GiB; load: allocated {m.load_peak_allocated_gib:.2f} GiB, reserved "
-          f"{m.load_peak_reserved_gib:.2f} GiB; outside the allocator {m.outside_allocator_gib or 0:.2f} GiB; "
-          f"host {m.host_peak_gib:.1f} GiB")
-    for way in ("to_gpu", "from_gpu"):
-        moved = getattr(m.transfers, way) if m.transfers else None
-        if moved:
-            print(f"{way}: {moved.gib_per_call:.2f} GiB per call at {moved.gib_per_s or 0:.1f} GiB/s in "
-                  f"{moved.copies} copies; by kind {moved.gib_by_kind}")
-PY
+  python benchmarks/show_record.py "$out/$name/results.json"
 done 2>&1 | tee -a "$out/summary.txt"

@@ -12,16 +12,8 @@
 # Usage, from the repository root on a host of 4 GPUs:  bash benchmarks/gpu_fit_card.sh OUT_DIR [DEADLINE_S]
 set -u
 out=${1:?usage: gpu_fit_card.sh OUT_DIR [DEADLINE_S]}; deadline=${2:-540}
-work=${QCO_FIT_WORK:-/tmp/fit}
-export QCO_MODEL_CACHE=${QCO_MODEL_CACHE:-/tmp/qco-models}
-export QCO_QUANTIZED_CACHE=${QCO_QUANTIZED_CACHE:-/tmp/qco-quantized}
-export QCO_REFERENCE_CACHE=${QCO_REFERENCE_CACHE:-/tmp/qco-references}
-export PYTHONUNBUFFERED=1
-start=$(date +%s)
-left() { echo $(( deadline - ($(date +%s) - start) )); }
-mkdir -p "$work" "$out"
-nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total --format=csv > "$work/machine.txt"
-git rev-parse HEAD >> "$work/machine.txt" 2>/dev/null
+source benchmarks/lanes.sh
+start_lanes "$out" "$deadline"
 
 ( export CUDA_VISIBLE_DEVICES=0
   QCO_ROW_TIMEOUT=$(( $(left) - 200 )) bash benchmarks/gpu_fit.sh "$work/gpu0" nf4_autotune
@@ -43,10 +35,4 @@ git rev-parse HEAD >> "$work/machine.txt" 2>/dev/null
   echo "card sweep exit $? after $(( $(date +%s) - start )) s"
 ) > "$work/gpus23.txt" 2>&1 &
 
-while [ "$(left)" -gt 0 ] && [ -n "$(jobs -r)" ]; do sleep 5; done
-pkill -TERM -f "python -m qco" ; sleep 3; pkill -KILL -f "python -m qco" 2>/dev/null
-timeout 20 python -m qco.sweep.aggregate "$work/card_flux" > "$work/card_aggregate.txt" 2>&1
-cat "$work"/gpu0/summary.txt "$work"/gpu1/summary.txt "$work"/gpus23.txt "$work"/card_flux/card.md 2>/dev/null \
-  > "$out/summary.txt"
-(cd "$work" && find . -type f \( -name '*.json' -o -name '*.log' -o -name '*.txt' -o -name '*.md' -o -name '*.csv' \
-   -o -name '*.yaml' \) -size -4M -print0 | tar czf "$out/fit_card.tgz" --null -T -)
+finish_lanes card_flux fit_card.tgz
