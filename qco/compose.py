@@ -28,7 +28,7 @@ def compose_pipeline(plan: Plan):
     start = time.perf_counter()
     key = store_key(plan.load, plan.model) if plan.load.store and plan.load.quant_components else None
     folder = store_folder(plan.load, key) if key is not None else None
-    pipe, kept = load_pipeline(plan.load, folder)
+    pipe, kept = load_pipeline(plan.load, folder, runs_on_cpu=not plan.target.is_cuda)
     seconds["load_s"] = time.perf_counter() - start
     store = {"folder": str(folder) if folder else None, "loaded": kept}
     if folder is not None and not kept:  # quantized at load just now: kept for the next run (not timed as load)
@@ -46,13 +46,13 @@ def compose_pipeline(plan: Plan):
     return pipe, seconds, store
 
 
-def load_pipeline(load: LoadStep, store: Optional[Path] = None):
+def load_pipeline(load: LoadStep, store: Optional[Path] = None, runs_on_cpu: bool = False):
     """The pipeline, and whether its quantized components came from the store (`store`: their folder there;
     None: quantize at load, keep nothing)."""
     pipeline_cls = pipeline_class(load.pipeline)
     log.info("Loading %s from %s", load.pipeline, load.source)
     with bitsandbytes_on_cpu(load.bitsandbytes_on_cpu):
-        kept = load_kept(store, load) if store is not None else None
+        kept = load_kept(store, load, runs_on_cpu) if store is not None else None
         pipe = pipeline_cls.from_pretrained(
             load.source,
             dtype=getattr(torch, load.dtype),

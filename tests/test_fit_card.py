@@ -280,7 +280,21 @@ def test_torchao_components_are_kept_too(tmp_path, make_cfg):
     assert list((folder / "transformer").glob("*.safetensors"))  # never a pickle: loading one can run code
     plan, pipe = build(cfg)
     assert type(pipe.transformer.transformer_blocks[0].attn.to_q.weight).__module__.startswith("torchao")
+    # read from safetensors in place they sat at the file's 8-byte offsets, and compiled CPU kernels crashed
+    inner = [getattr(w, name) for w in pipe.transformer.parameters() if hasattr(w, "__tensor_flatten__")
+             for name in w.__tensor_flatten__()[0]]
+    assert inner and all(t.data_ptr() % 64 == 0 for t in inner)
     assert all((a == b).all() for a, b in zip(pixels(first), pixels(generate(pipe, cfg, plan))))
+
+
+def test_kept_torchao_components_run_compiled_on_a_cpu(tmp_path, make_cfg, models_cache):
+    pytest.importorskip("torchao")
+    build(make_cfg("quant=torchao_int8wo", f"paths.quantized={tmp_path / 'store'}", "run.device=cpu"))  # keeps
+    result = qco_cli(["quant=torchao_int8wo", "compile=regional", f"paths.quantized={tmp_path / 'store'}",
+                      "run.device=cpu", "run.warmup=0", "run.repeats=1", "run.quality=false", "hydra.run.dir=run"],
+                     tmp_path, models_cache, timeout=600)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"  # -11 before: a segfault
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["quantized_store"]["loaded"] is True
 
 
 def test_transfers_are_summed_each_way_by_kind_of_memory():

@@ -56,7 +56,7 @@ def store_folder(load: LoadStep, key: dict) -> Path:
     return Path(load.store).expanduser() / f"{model}-{load.quant_method or load.quant_backend}-{digest}"
 
 
-def load_kept(folder: Path, load: LoadStep) -> Optional[Dict[str, object]]:
+def load_kept(folder: Path, load: LoadStep, runs_on_cpu: bool = False) -> Optional[Dict[str, object]]:
     """The kept components, loaded pre-quantized (to the CPU where the plan loads there), or None where
     none are kept; a damaged folder is removed (and written again by keep())."""
     if not folder.is_dir():
@@ -71,9 +71,24 @@ def load_kept(folder: Path, load: LoadStep) -> Optional[Dict[str, object]]:
             return None
     log.info("Loading the quantized %s kept in %s (no quantization)", ", ".join(sorted(classes)), folder)
     kwargs = {"device_map": load.device_map} if load.device_map else {}
-    return {name: cls.from_pretrained(folder / name, dtype=getattr(torch, load.dtype), use_safetensors=True,
-                                      **kwargs)
-            for name, cls in classes.items()}
+    components = {name: cls.from_pretrained(folder / name, dtype=getattr(torch, load.dtype), use_safetensors=True,
+                                            **kwargs)
+                  for name, cls in classes.items()}
+    if load.quant_backend == "torchao" and runs_on_cpu:
+        for component in components.values():
+            _own_memory(component)
+    return components
+
+
+def _own_memory(component) -> None:
+    """Kept torchao weights stay on the CPU where safetensors read them, at the file's 8-byte offsets, and
+    compiled CPU kernels crashed the process on them (torchao's int8 matmul under torch.compile: a segfault,
+    torch 2.13 + torchao 0.18). A copy is new memory, aligned as every new tensor is. A run on a GPU needs none:
+    the move to the device is that copy."""
+    for module in component.modules():
+        for name, weight in list(module.named_parameters(recurse=False)):
+            if weight.device.type == "cpu":
+                setattr(module, name, torch.nn.Parameter(weight.detach().clone(), requires_grad=False))
 
 
 def _classes(folder: Path) -> Optional[Dict[str, type]]:
