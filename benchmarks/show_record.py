@@ -34,7 +34,11 @@ def main(path: str) -> int:
             print(f"{way}: {moved.gib_per_call:.2f} GiB per call at {moved.gib_per_s or 0:.1f} GiB/s in "
                   f"{moved.copies} copies; by kind {moved.gib_by_kind}")
     if r.compile_cache:
-        print(f"compile store: {r.compile_cache}")
+        c = r.compile_cache
+        print(f"compile store: {c.start} start from {c.folder} (load {c.load_s} s, save {c.save_s} s, saved "
+              f"{c.saved}, {c.bytes} bytes); graphs: {c.graphs} made, {c.graphs_from_cache} from cache, "
+              f"{c.graphs_compiled} compiled, {c.graphs_not_cacheable} not cacheable; error {c.error}")
+        print("compile phases (s, nested): " + ", ".join(f"{k} {v}" for k, v in list(c.phases_s.items())[:40]))
     return 0
 
 

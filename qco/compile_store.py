@@ -83,12 +83,22 @@ def store_folder(root: str, plan: Plan, key: dict) -> Path:
 
 
 def _counters() -> Dict[str, int]:
-    """torch's own count of graphs found in and missing from its caches, in this process so far."""
+    """torch's own count of graphs made, found in and missing from its caches, in this process so far."""
     from torch._dynamo.utils import counters
 
     return {"from_cache": counters["inductor"]["fxgraph_cache_hit"],
             "compiled": counters["inductor"]["fxgraph_cache_miss"],
-            "not_cacheable": counters["inductor"]["fxgraph_cache_bypass"]}
+            "not_cacheable": counters["inductor"]["fxgraph_cache_bypass"],
+            "graphs": counters["stats"]["unique_graphs"]}
+
+
+def _compile_seconds() -> Dict[str, float]:
+    """torch's timers of compiling (dynamo tracing, AOT autograd, inductor, Triton builds, autotuning), summed
+    by name over this process so far."""
+    from torch._dynamo.utils import compile_times
+
+    names, values = compile_times(repr="csv", aggregate=True)
+    return {name: float(value) for name, value in zip(names, values)}
 
 
 class CompileStore:
@@ -98,10 +108,11 @@ class CompileStore:
         self.folder, self.key, self.enabled = folder, key, enabled
         self.record = CompileCache(start="cold", folder=str(folder) if folder and enabled else None)
         self.before: Dict[str, int] = {}
+        self.seconds_before: Dict[str, float] = {}
 
     def load(self) -> CompileCache:
         """Before the first call: the kept artifacts into torch's caches, where there are whole ones."""
-        self.before = _counters()
+        self.before, self.seconds_before = _counters(), _compile_seconds()
         if not self.enabled or self.folder is None or not self.folder.is_dir():
             return self.record
         start = time.perf_counter()
@@ -129,6 +140,10 @@ class CompileStore:
         self.record.graphs_from_cache = now["from_cache"] - self.before.get("from_cache", 0)
         self.record.graphs_compiled = now["compiled"] - self.before.get("compiled", 0)
         self.record.graphs_not_cacheable = now["not_cacheable"] - self.before.get("not_cacheable", 0)
+        self.record.graphs = now["graphs"] - self.before.get("graphs", 0)
+        spent = {name: seconds - self.seconds_before.get(name, 0.0) for name, seconds in _compile_seconds().items()}
+        self.record.phases_s = {name: round(seconds, 2) for name, seconds in
+                                sorted(spent.items(), key=lambda item: -item[1]) if seconds >= 0.05}
         if not self.enabled or self.folder is None or self.record.graphs_compiled == 0:
             return self.record
         start = time.perf_counter()

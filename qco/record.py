@@ -122,6 +122,10 @@ class CompileCache:
     graphs_compiled: int = 0  # its misses: graphs compiled in this run
     graphs_not_cacheable: int = 0  # graphs inductor would not cache (bypassed), compiled in every run
     error: Optional[str] = None  # why kept artifacts were not used or not kept
+    graphs: int = 0  # the graphs dynamo made during the calls (each recompile is one more)
+    # where the compiling went: torch's own timers (torch._dynamo.utils.compile_times) during the calls, in
+    # seconds by torch's names, nested (a phase holds the ones it calls), those of 0.05 s or more
+    phases_s: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

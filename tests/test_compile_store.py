@@ -65,6 +65,9 @@ def test_cold_runs_keep_what_they_compiled_and_two_writers_leave_one_whole_artif
     assert not [p for p in store.iterdir() if p.is_dir() and p.name.startswith(".")]  # no staging left behind
     marker = json.loads((folder / BUILD_MARKER).read_text())
     assert marker["key"]["model"] == "tiny_flux" and marker["key"]["shapes"]["height"] == 64
+    # where the compiling went, by torch's own timers: tracing, then inductor building the graphs' code
+    assert a["graphs"] >= a["graphs_compiled"] and a["phases_s"]["bytecode_tracing"] > 0
+    assert a["phases_s"]["fx_codegen_and_compile"] > 0
 
 
 def test_a_second_process_starts_warm_from_the_store_alone(runs):
@@ -74,6 +77,7 @@ def test_a_second_process_starts_warm_from_the_store_alone(runs):
     # every graph the cold runs compiled came from torch's caches, which only the store had filled
     assert warm["graphs_compiled"] == 0 and warm["graphs_from_cache"] == cold["graphs_compiled"]
     assert not warm["saved"] and warm["load_s"] is not None
+    assert "fx_codegen_and_compile" not in warm["phases_s"]  # nothing was built: inductor only loaded its graphs
 
 
 def test_damaged_artifacts_are_removed_and_rebuilt_with_a_warning(runs):
