@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile once (the compile store): the same compiled combination run twice, each in a fresh process with an
-# empty inductor cache of its own (TORCHINDUCTOR_CACHE_DIR), so that only qco's compile store (paths.compile_cache)
-# can carry compiled graphs from the first run (cold) to the second (warm). FLUX.1-dev architecture with random
+# empty inductor and Triton cache (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR: one path, emptied before each run, as
+# on a fresh machine), so that only qco's compile store (paths.compile_cache) can carry compiled graphs from the
+# first run (cold) to the second (warm). FLUX.1-dev architecture with random
 # weights, 1024x1024, 28 steps, 1 warm-up + 2 timed calls, no quality. What each run found in torch's caches and
 # compiled is in its record (compile_cache), from torch's own counters.
 # Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_compile.sh OUT_DIR [OVERRIDES...]
@@ -19,7 +20,9 @@ nvidia-smi --query-gpu=name,uuid,driver_version,memory.total --format=csv > "$ou
 for start in cold warm; do
   echo "=== $start: python -m qco model=flux_dev_random ${overrides[*]} run.device=cuda run.repeats=2 run.quality=false"
   begin=$(date +%s)
-  TORCHINDUCTOR_CACHE_DIR="$work/inductor-$start" TRITON_CACHE_DIR="$work/triton-$start" \
+  [ -d "$work/inductor" ] && mv "$work/inductor" "$work/inductor-before-$start"  # kept aside, never read again
+  [ -d "$work/triton" ] && mv "$work/triton" "$work/triton-before-$start"
+  TORCHINDUCTOR_CACHE_DIR="$work/inductor" TRITON_CACHE_DIR="$work/triton" \
     timeout "${QCO_ROW_TIMEOUT:-400}" python -m qco model=flux_dev_random "${overrides[@]}" run.device=cuda \
     run.repeats=2 run.quality=false "hydra.run.dir=$work/$start" > "$out/$start.log" 2>&1
   echo "exit $? after $(( $(date +%s) - begin )) s"
