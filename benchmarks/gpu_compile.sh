@@ -17,7 +17,7 @@ export QCO_COMPILE_CACHE=${QCO_COMPILE_CACHE:-$work/store}
 export PYTHONUNBUFFERED=1
 mkdir -p "$work" "$out"
 nvidia-smi --query-gpu=name,uuid,driver_version,memory.total --format=csv > "$out/machine.txt"
-for start in cold warm; do
+for start in ${QCO_STARTS:-cold warm}; do  # QCO_STARTS=warm: the warm run alone, from a store filled before
   echo "=== $start: python -m qco model=flux_dev_random ${overrides[*]} run.device=cuda run.repeats=2 run.quality=false"
   begin=$(date +%s)
   [ -d "$work/inductor" ] && mv "$work/inductor" "$work/inductor-before-$start"  # kept aside, never read again

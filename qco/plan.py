@@ -60,6 +60,7 @@ class PlaceStep:
 class CompileStep:
     method: Optional[str]  # None | full | regional
     component: str = "transformer"
+    mode: Optional[str] = None  # compile.mode; in kwargs as mode=, or as its flags in options= (_mode_or_options)
     kwargs: Dict[str, Any] = field(default_factory=dict)  # to torch.compile / compile_repeated_blocks
     channels_last: bool = False
     dynamo: Dict[str, Any] = field(default_factory=dict)
@@ -142,6 +143,18 @@ PLACE_CALLS = {
 }
 
 
+def _mode_or_options(mode: str, inductor: Dict[str, Any]) -> Dict[str, Any]:
+    """torch.compile's mode, or where compile.inductor sets a flag the mode sets otherwise, the mode's flags with
+    that one changed, as options: torch applies a mode's flags while it compiles, over any set before, so
+    compile.inductor.coordinate_descent_tuning=false under a max-autotune mode would not turn that tuning off."""
+    from torch._inductor import list_mode_options
+
+    flags = list_mode_options(mode)
+    if all(inductor.get(name, value) == value for name, value in flags.items()):
+        return {"mode": mode}
+    return {"options": {**flags, **{name: inductor[name] for name in flags if name in inductor}}}
+
+
 def _kwargs(kwargs: Dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in kwargs.items())
 
@@ -182,7 +195,9 @@ def draft_plan(cfg: Config, target: Target) -> Plan:
                           and offload.pin_memory)
     compile_step = CompileStep(method=comp.method, component=cfg.model.denoiser)
     if comp.method is not None:
-        compile_step.kwargs = {"mode": comp.mode, "fullgraph": comp.fullgraph, "dynamic": comp.dynamic}
+        compile_step.mode = comp.mode
+        compile_step.kwargs = {**_mode_or_options(comp.mode, dict(comp.inductor)), "fullgraph": comp.fullgraph,
+                               "dynamic": comp.dynamic}
         compile_step.channels_last = comp.channels_last
         compile_step.dynamo = dict(comp.dynamo)
         compile_step.dynamo_with_offload = dict(comp.dynamo_with_offload)

@@ -163,7 +163,7 @@ RULES: List[Rule] = [
          fix="offload.record_stream=false, or on a CUDA GPU offload.use_stream=null"),
     Rule("bitsandbytes_4bit_compile_on_cpu",
          when=lambda p: p.load.quant_backend == "bitsandbytes_4bit" and _compiling(p) and not p.target.is_cuda
-         and p.compile.kwargs.get("mode") != "max-autotune",
+         and p.compile.mode != "max-autotune",
          reason="bitsandbytes repacks 4-bit weights in the first CPU forward, which code compiled in this mode replays",
          evidence="bitsandbytes repacks 4-bit weights for its CPU kernel inside the first forward, and code "
                   "compiled in this mode replays the repacking on packed weights (AssertionError: expected "

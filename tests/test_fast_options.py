@@ -66,6 +66,21 @@ def test_step_cache_with_compile_runs_without_fullgraph(make_cfg):
     assert_real_image(generate(pipe, cfg, plan)[0])
 
 
+def test_an_inductor_flag_changes_what_the_mode_sets(make_cfg):
+    """torch applies a mode's own flags while it compiles, over any set before: a flag the mode also sets goes to
+    torch.compile with the mode's other flags, as options, or it would be ignored. (Coordinate descent tuning
+    runs on Triton kernels only: that it stays off is proven on the GPU, benchmarks/README.md.)"""
+    plan, _ = build(make_cfg("compile=regional_max_autotune", "run.device=cpu"))
+    assert plan.compile.kwargs["mode"] == "max-autotune-no-cudagraphs" and "options" not in plan.compile.kwargs
+    cfg = make_cfg("compile=regional_max_autotune", "compile.inductor.coordinate_descent_tuning=false",
+                   "run.device=cpu", "run.steps=1")
+    plan, pipe = build(cfg)
+    assert "mode" not in plan.compile.kwargs and plan.compile.mode == "max-autotune-no-cudagraphs"
+    assert plan.compile.kwargs["options"] == {"max_autotune": True, "coordinate_descent_tuning": False}
+    assert any("options={'max_autotune': True, 'coordinate_descent_tuning': False}" in line for line in plan.describe())
+    assert_real_image(generate(pipe, cfg, plan)[0])  # torch.compile takes them (it refuses a mode with options)
+
+
 @pytest.mark.parametrize("overrides,rule", [
     (["quant=nf4", "tweaks=fuse_qkv"], "fuse_qkv_bitsandbytes"),
     (["attention=native_cudnn"], "attention_backend_needs_cuda"),
