@@ -65,7 +65,32 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
             prefix = ", ".join(a for a in args if "=" in a and a.split("=")[0].lstrip("+~") in message) + ": "
         unknown_key = isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not key
         fix = "check the key's name (" if unknown_key else f"give {key} a value of its type ("
+        added = _new_key_of_a_free_dict(args, message) if unknown_key else None
+        if added:
+            return [f"{prefix.lstrip(': ')}{message}; fix: {added} (with a '+': Hydra's way to add a key; "
+                    f"{added.split('=')[0].lstrip('+').rpartition('.')[0]} takes any key)"]
         return [f"{prefix.lstrip(': ')}{message}; fix: {fix}{SHOW_KEYS})"]
+    return None
+
+
+def _new_key_of_a_free_dict(args: List[str], message: str) -> Optional[str]:
+    """The override, with a '+', that adds a key to one of the schema's free dicts (compile.inductor,
+    quant.kwargs, ...: a Dict field of qco/config.py), where the command line set one without it."""
+    import dataclasses
+    import typing
+
+    from qco.config import Config
+
+    for arg in args:
+        path, _, value = arg.partition("=")
+        if not value or path.startswith(("+", "~")) or f"'{path}'" not in message:
+            continue
+        node = Config
+        *parents, _ = path.split(".")
+        for name in parents:
+            node = typing.get_type_hints(node).get(name) if dataclasses.is_dataclass(node) else None
+        if node is not None and typing.get_origin(node) is dict:
+            return f"+{arg}"
     return None
 
 

@@ -180,3 +180,20 @@ def test_the_command_line_prints_that_line_and_exits_2(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert [line for line in result.stderr.splitlines() if line.strip()] == [f"qco: error: {_one_line('run.dtype=fp8')[0]}"]
+
+
+@pytest.mark.parametrize("override, added", [
+    ("compile.inductor.coordinate_descent_tuning=false", "+compile.inductor.coordinate_descent_tuning=false"),
+    ("quant.kwargs.bnb_4bit_quant_type=fp4", "+quant.kwargs.bnb_4bit_quant_type=fp4"),
+])
+def test_a_new_key_of_a_free_dict_is_told_its_plus(override, added):
+    """Hydra adds a key only with a '+'; in a dict that takes any key (a Dict field of the schema) that is the fix,
+    not a misspelling."""
+    (line,) = _one_line(override)
+    assert f"fix: {added} (with a '+'" in line
+    assert _one_line(added) is None  # and the fix composes
+
+
+def test_an_unknown_key_of_a_closed_section_is_still_a_name_to_check():
+    (line,) = _one_line("compile.inductr=1")
+    assert "check the key's name" in line and "'+'" not in line
