@@ -72,8 +72,7 @@ def test_an_inductor_flag_changes_what_the_mode_sets(make_cfg):
     runs on Triton kernels only: that it stays off is proven on the GPU, benchmarks/README.md.)"""
     plan, _ = build(make_cfg("compile=regional_max_autotune", "run.device=cpu"))
     assert plan.compile.kwargs["mode"] == "max-autotune-no-cudagraphs" and "options" not in plan.compile.kwargs
-    cfg = make_cfg("compile=regional_max_autotune", "compile.inductor.coordinate_descent_tuning=false",
-                   "run.device=cpu", "run.steps=1")
+    cfg = make_cfg("compile=regional_max_autotune_quick", "run.device=cpu", "run.steps=1")  # sets it false
     plan, pipe = build(cfg)
     assert "mode" not in plan.compile.kwargs and plan.compile.mode == "max-autotune-no-cudagraphs"
     assert plan.compile.kwargs["options"] == {"max_autotune": True, "coordinate_descent_tuning": False}
