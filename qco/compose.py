@@ -1,7 +1,7 @@
 """The composer: turns a checked plan into a ready pipeline, in the order that works.
 
     load (quantized at load, or the quantized components kept by an earlier run)  ->  keep them
-    ->  tune  ->  placement or offload  ->  step cache  ->  compile
+    ->  tune  ->  placement or offload  ->  split across ranks (context parallelism)  ->  step cache  ->  compile
 
 Warm-up and the measured calls follow in qco/measure.py. Each step calls diffusers' own API."""
 
@@ -15,7 +15,7 @@ import torch
 from qco.models.build import pipeline_class
 from qco.models.quantized import keep, load_kept, store_folder, store_key
 from qco.offload import follow_quant_state, pin_model_offload
-from qco.plan import PLACE_CALLS, CacheStep, CompileStep, LoadStep, Plan, PlaceStep, TuneStep
+from qco.plan import PLACE_CALLS, CacheStep, CompileStep, LoadStep, ParallelStep, Plan, PlaceStep, TuneStep
 from qco.quantization import bitsandbytes_on_cpu, quantization_config, torchao_config
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ def compose_pipeline(plan: Plan):
     place_pipeline(pipe, plan.place)
     seconds["place_s"] = time.perf_counter() - start
 
+    split_across_ranks(pipe, plan.parallel, plan.tune.component)  # placed whole on each rank's GPU, then split
+
     enable_step_cache(pipe, plan.cache, plan.tune.component)
     compile_denoiser(pipe, plan.compile)
     return pipe, seconds, store
@@ -63,6 +65,19 @@ def load_pipeline(load: LoadStep, store: Optional[Path] = None, runs_on_cpu: boo
             **(kept or {}),  # components passed in are not loaded again
         )
     return pipe, kept is not None
+
+
+def split_across_ranks(pipe, parallel: ParallelStep, component: str) -> None:
+    """diffusers' context parallelism: each rank (one process per GPU, qco/parallel.py) works on a share of the
+    tokens; attention exchanges them by all-to-all (Ulysses) or passes them round a ring."""
+    if parallel.world_size <= 1:
+        return
+    from diffusers import ContextParallelConfig
+
+    log.info("Splitting %s across %d ranks: Ulysses %d x ring %d", component, parallel.world_size,
+             parallel.ulysses_degree, parallel.ring_degree)
+    getattr(pipe, component).enable_parallelism(
+        config=ContextParallelConfig(ulysses_degree=parallel.ulysses_degree, ring_degree=parallel.ring_degree))
 
 
 def tune_pipeline(pipe, tune: TuneStep) -> None:

@@ -46,6 +46,12 @@ class GroupOffloadType(Choice):
     leaf_level = "leaf_level"
 
 
+class ParallelMethod(Choice):
+    ulysses = "ulysses"  # each rank attends with a share of the heads over the whole sequence (all-to-all)
+    ring = "ring"  # each rank keeps a share of the sequence and passes keys and values round a ring
+    ulysses_ring = "ulysses_ring"  # both: parallel.ring_degree ranks in each ring, the rest Ulysses
+
+
 class Objective(Choice):
     latency = "latency"
     memory = "memory"
@@ -164,6 +170,16 @@ class TweaksConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """One image on several GPUs: diffusers' context parallelism, one process per GPU (qco/parallel.py)."""
+
+    name: str = "none"
+    method: Optional[ParallelMethod] = None  # null: one process, one GPU
+    degree: int = 1  # GPUs (processes) for the one image
+    ring_degree: Optional[int] = None  # ulysses_ring: the ring's share of degree (the rest is Ulysses)
+
+
+@dataclass
 class RunConfig:
     prompt: str = MISSING
     steps: int = MISSING
@@ -208,6 +224,7 @@ class Config:
     attention: AttentionConfig = MISSING
     cache: CacheConfig = MISSING
     tweaks: TweaksConfig = MISSING
+    parallel: ParallelConfig = MISSING
     run: RunConfig = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

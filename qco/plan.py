@@ -70,6 +70,19 @@ class CompileStep:
 
 
 @dataclass
+class ParallelStep:
+    """One image on several GPUs: diffusers' context parallelism over world_size processes (qco/parallel.py)."""
+
+    method: Optional[str] = None  # ulysses | ring | ulysses_ring; None: one process
+    ulysses_degree: int = 1
+    ring_degree: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.ulysses_degree * self.ring_degree
+
+
+@dataclass
 class Plan:
     model: str
     target: Target
@@ -80,6 +93,7 @@ class Plan:
     compile: CompileStep
     tune: TuneStep = field(default_factory=TuneStep)
     cache: CacheStep = field(default_factory=CacheStep)
+    parallel: ParallelStep = field(default_factory=ParallelStep)
     video: bool = False  # the model makes videos (model.video is set)
     memory_limit_gib: Optional[float] = None  # run.memory_limit_gib: the cap on the GPU's allocator
     notes: List[str] = field(default_factory=list)  # what rules adjusted, and why
@@ -124,6 +138,10 @@ class Plan:
                                  f"{self.place.others_offload_type}")
             lines.append(f"place    pipe.{PLACE_CALLS[self.place.method]}({_kwargs(self.place.kwargs)})"
                          + (f"  [{'; '.join(extras)}]" if extras else ""))
+        if self.parallel.method is not None:
+            lines.append(f"parallel pipe.{tune.component}.enable_parallelism(config=ContextParallelConfig("
+                         f"ulysses_degree={self.parallel.ulysses_degree}, ring_degree={self.parallel.ring_degree}))"
+                         f"  [{self.parallel.world_size} processes, one per GPU, started by torch.distributed.run]")
         if self.cache.method is not None:
             lines.append(f"cache    pipe.{tune.component}.enable_cache({self.cache.method}({_kwargs(self.cache.kwargs)}))")
         if self.compile.method is not None:
@@ -216,6 +234,20 @@ def draft_plan(cfg: Config, target: Target) -> Plan:
         tune=TuneStep(component=cfg.model.denoiser, device=target.device, fuse_qkv=cfg.tweaks.fuse_qkv,
                       vae_channels_last=cfg.tweaks.vae_channels_last, attention_backend=cfg.attention.backend),
         cache=CacheStep(cfg.cache.method, OmegaConf.to_container(cfg.cache.kwargs, resolve=True, enum_to_str=True)),
+        parallel=parallel_step(cfg),
         video=cfg.model.video is not None,
         memory_limit_gib=cfg.run.memory_limit_gib,
     )
+
+
+def parallel_step(cfg: Config) -> ParallelStep:
+    """parallel.degree split into diffusers' two degrees (qco/validate.py checked that they divide)."""
+    parallel = cfg.parallel
+    if parallel.method is None:
+        return ParallelStep()
+    if parallel.method == "ulysses":
+        return ParallelStep("ulysses", ulysses_degree=parallel.degree)
+    if parallel.method == "ring":
+        return ParallelStep("ring", ring_degree=parallel.degree)
+    return ParallelStep("ulysses_ring", ulysses_degree=parallel.degree // parallel.ring_degree,
+                        ring_degree=parallel.ring_degree)

@@ -45,6 +45,10 @@ def environment(device: str) -> Environment:
         uuid = getattr(torch.cuda.get_device_properties(visible), "uuid", None)
         env.gpus = [Gpu(index=host_gpu_index(visible, os.environ.get("CUDA_VISIBLE_DEVICES")),
                         uuid=f"GPU-{uuid}" if uuid is not None else None, name=env.gpu)]
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and env.world_size > 1:
+        ranks = [None] * env.world_size  # every rank calls this at the same point of its run: one collective
+        torch.distributed.all_gather_object(ranks, env.gpus)
+        env.gpus = [gpu for gpus in ranks for gpu in gpus]  # in rank order: the GPUs of one parallel run
     return env
 
 

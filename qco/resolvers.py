@@ -1,4 +1,5 @@
-"""qco's OmegaConf resolvers: the sweep folder's name, and the GPU count for the local launcher."""
+"""qco's OmegaConf resolvers: the sweep folder's name, the GPU count for the local launcher, and the GPUs a
+SLURM job of the sweep asks for."""
 
 import hashlib
 import re
@@ -26,11 +27,28 @@ def gpu_count() -> int:
     return max(1, visible_gpus())
 
 
+def sweep_gpus(args: List[str]) -> int:
+    """The most GPUs one job of this command needs: the largest parallel.degree it sweeps, or where it names no
+    degree, the largest of its parallel options' own (conf/parallel/). A SLURM array asks every job for as many
+    (submitit takes one set of resources per sweep); each job then leases the GPUs it needs of them."""
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("parallel.degree=")]
+    if not values:
+        from importlib.resources import files
+
+        options = [o for a in args if a.startswith("parallel=") for o in re.split(r"[,\s]+", a.split("=", 1)[1])]
+        values = [re.search(r"^degree: *(\d+)", text, re.M).group(1) for text in
+                  (files("qco.conf").joinpath("parallel", f"{o}.yaml").read_text() for o in options
+                   if files("qco.conf").joinpath("parallel", f"{o}.yaml").is_file()) if re.search(r"^degree:", text, re.M)]
+    return max([1, *(int(n) for value in values for n in re.findall(r"\d+", value))])
+
+
 def register_resolvers() -> None:
     # qco_sweep_name: a sweep's folder is named after its command, so the same command again finds it
     # (resume). No argument and cached: resolved once from this process's command line, and Hydra
     # copies the cache into every job's config (as it does for ${now:}), so all jobs agree on it.
     if not OmegaConf.has_resolver("qco_sweep_name"):
         OmegaConf.register_new_resolver("qco_sweep_name", lambda: sweep_name(sys.argv[1:]), use_cache=True)
+    if not OmegaConf.has_resolver("qco_sweep_gpus"):
+        OmegaConf.register_new_resolver("qco_sweep_gpus", lambda: sweep_gpus(sys.argv[1:]), use_cache=True)
     if not OmegaConf.has_resolver("qco_gpu_count"):
         OmegaConf.register_new_resolver("qco_gpu_count", gpu_count, use_cache=True)

@@ -126,8 +126,74 @@ def _fp8_unsupported(plan: Plan) -> bool:
     return fp8 and not (plan.target.is_cuda and plan.target.capability >= (8, 9))
 
 
+def _parallel(plan: Plan) -> bool:
+    return plan.parallel.world_size > 1
+
+
+def _too_few_gpus(plan: Plan) -> bool:
+    from qco.sweep.devices import visible_gpus  # nvidia-smi: this process does not start CUDA for a count
+
+    return _parallel(plan) and plan.target.is_cuda and visible_gpus() < plan.parallel.world_size
+
+
+def _no_context_parallel_plan(plan: Plan) -> bool:
+    cls = getattr(diffusers, plan.denoiser_class, None)
+    return _parallel(plan) and cls is not None and not getattr(cls, "_cp_plan", None)
+
+
+def _backend_without_context_parallel(plan: Plan) -> bool:
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    supported = getattr(_AttentionBackendRegistry, "_supports_context_parallel", None)  # filled as backends register
+    backend = plan.tune.attention_backend
+    return _parallel(plan) and backend is not None and supported is not None and backend not in supported
+
+
 RULES: List[Rule] = [
     # --- refusals: the combination cannot run here; nothing is loaded ---
+    Rule("parallel_needs_cuda",
+         when=lambda p: _parallel(p) and not p.target.is_cuda,
+         detail=lambda p: f"parallel.degree={p.parallel.world_size}",
+         reason="diffusers' context parallelism places each rank on an accelerator, and a CPU is none",
+         evidence="enable_parallelism puts rank r on accelerator r % torch.accelerator.device_count(), which is 0 "
+                  "without one (ZeroDivisionError; diffusers 0.42.1, torch 2.13, two processes over gloo)",
+         fix="run.device=cuda on a machine with parallel.degree GPUs, or parallel=none"),
+    Rule("parallel_needs_as_many_gpus",
+         when=_too_few_gpus,
+         detail=lambda p: f"parallel.degree={p.parallel.world_size}",
+         reason="context parallelism runs one process per GPU, and fewer GPUs are visible",
+         evidence="one process per GPU: two ranks on one GPU would share its memory and time and measure neither "
+                  "(the visible GPUs: CUDA_VISIBLE_DEVICES, or nvidia-smi)",
+         fix="parallel.degree=<the GPUs you have>, or make more visible (CUDA_VISIBLE_DEVICES)"),
+    Rule("parallel_needs_a_context_parallel_plan",
+         when=_no_context_parallel_plan,
+         detail=lambda p: f"{p.denoiser_class} with parallel={p.parallel.method}",
+         reason="diffusers splits a denoiser by its _cp_plan, and this one has none",
+         evidence="enable_parallelism shards the inputs and gathers the outputs where the model's _cp_plan says; "
+                  "Flux and Wan have one in diffusers 0.42.1, SD3 does not",
+         fix="parallel=none, or model=flux_dev / wan21_t2v_14b"),
+    Rule("parallel_without_offload",
+         when=lambda p: _parallel(p) and _offloading(p),
+         detail=lambda p: f"parallel={p.parallel.method} with offload={p.place.method}",
+         reason="each rank holds the whole model to work on its share of the tokens; offload hooks move it away",
+         evidence="context parallelism splits activations, not weights: every rank keeps the whole denoiser on "
+                  "its GPU, and offload hooks that move weights off it between calls defeat that (diffusers' "
+                  "context-parallel examples place the pipeline with pipe.to(device))",
+         fix="offload=none (each GPU needs the model's memory), or parallel=none to offload on one GPU"),
+    Rule("parallel_attention_backend",
+         when=_backend_without_context_parallel,
+         detail=lambda p: f"attention.backend={p.tune.attention_backend}",
+         reason="this attention backend has no context-parallel path in diffusers",
+         evidence="diffusers registers which backends support context parallelism "
+                  "(supports_context_parallel): native, _native_cudnn, _native_flash and flash among them",
+         fix="attention=native_cudnn, native_flash or default"),
+    Rule("ring_needs_log_sum_exp",
+         when=lambda p: p.parallel.ring_degree > 1 and p.tune.attention_backend in (None, "native"),
+         detail=lambda p: f"parallel={p.parallel.method} with attention.backend={p.tune.attention_backend}",
+         reason="ring attention merges partial results by their log-sum-exp, which torch's native SDPA does not return",
+         evidence="every rank failed with 'Native attention does not support return_lse=True' (ring attention, "
+                  "2 H100s, diffusers 0.42.1, the default backend)",
+         fix="attention=native_cudnn or native_flash"),
     Rule("torchao_installed",
          when=lambda p: p.load.quant_backend == "torchao" and importlib.util.find_spec("torchao") is None,
          reason="quant.backend=torchao needs the torchao package, which is not installed",

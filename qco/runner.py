@@ -23,6 +23,8 @@ def combination(cfg: Config) -> str:
     """The choices of every group, the last three only where something is chosen."""
     extras = "".join(f" {group}={cfg[group].name}" for group, default in
                      (("attention", "default"), ("cache", "none"), ("tweaks", "none")) if cfg[group].name != default)
+    if cfg.parallel.method is not None:
+        extras += f" parallel={cfg.parallel.name} parallel.degree={cfg.parallel.degree}"
     return (f"model={cfg.model.name} quant={cfg.quant.name} compile={cfg.compile.name} "
             f"offload={cfg.offload.name}{extras}")
 
@@ -90,6 +92,12 @@ def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Re
 
         check_fits(plan, Path(plan.load.source), cfg)  # a cap its weights alone exceed: refused, nothing loaded
         record.plan = plan.as_dict()
+        if plan.parallel.world_size > 1:
+            from qco.parallel import is_worker, run_parallel
+
+            if not is_worker():  # checked, planned and built here; one process per GPU runs it (rank 0 records)
+                record = run_parallel(cfg, run_dir, list(overrides or []), plan.parallel.world_size)
+                return record
         record.add(measure_run(cfg, plan, run_dir))
         record.status = Status.ok
         return record

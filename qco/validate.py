@@ -86,6 +86,25 @@ def _steps_max(model: ModelConfig) -> int:
     return int(configured or STEPS_MAX_DEFAULT)
 
 
+def _check_parallel(parallel) -> List[str]:
+    """The degrees: at least 1, parallel.degree only with a method, and a ring's share that divides it."""
+    degree, ring = parallel.degree, parallel.ring_degree
+    if degree < 1:
+        return [f"parallel.degree={degree}: the GPUs for one image, at least 1; fix: parallel.degree=2"]
+    if parallel.method is None:
+        return [] if degree == 1 else [f"parallel.degree={degree} with parallel=none: one process runs the image; "
+                                       f"fix: parallel=ulysses parallel.degree={degree} (or ring, ulysses_ring)"]
+    if parallel.method != "ulysses_ring":
+        return [] if ring is None else [f"parallel.ring_degree={ring} with parallel={parallel.method}: only "
+                                        "ulysses_ring splits the degree; fix: parallel=ulysses_ring, or drop "
+                                        "parallel.ring_degree"]
+    if ring is None or ring < 2 or degree % ring or degree // ring < 2:
+        return [f"parallel.ring_degree={ring} with parallel.degree={degree}: ulysses_ring needs rings of 2 or more "
+                "ranks and at least 2 of them (ring_degree divides degree); fix: parallel.degree=4 "
+                "parallel.ring_degree=2"]
+    return []
+
+
 def check_values(cfg: Config) -> List[str]:
     problems = unknown_keys(cfg)
     run, model = cfg.run, cfg.model
@@ -114,6 +133,7 @@ def check_values(cfg: Config) -> List[str]:
                 f"{_valid_sizes_near(size, model.size_multiple, model.max_size)}"
             )
     problems += _check_frames(run.frames, model)
+    problems += _check_parallel(cfg.parallel)
     problems += _not_a_number("run.memory_limit_gib", run.memory_limit_gib) + _not_a_number("run.guidance", run.guidance)
     if run.memory_limit_gib is not None and math.isfinite(run.memory_limit_gib) and run.memory_limit_gib <= 0:
         problems.append(f"run.memory_limit_gib={run.memory_limit_gib}: must be above 0, or null for no limit; "

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from qco.sweep.aggregate import pareto_front
@@ -187,6 +188,24 @@ def test_gpu_lease_never_gives_one_gpu_to_two_jobs(tmp_path, monkeypatch):
     assert sorted(d for _, d in events) == ["3", "3", "5", "5"]
 
 
+def test_a_job_of_two_gpus_leases_two_free_ones_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")  # three GPUs as far as the lease can tell
+    with gpu_lease(tmp_path, poll_s=0.05, count=2) as pair:
+        assert pair == "0,1"
+        with gpu_lease(tmp_path, poll_s=0.05) as single:
+            assert single == "2"  # what the pair left
+        waiting, lease = [], gpu_lease(tmp_path, poll_s=0.05, count=2)
+        thread = threading.Thread(target=lambda: waiting.append(lease.__enter__()))
+        thread.start()
+        time.sleep(0.3)
+        assert waiting == []  # one GPU is free, two are asked: it waits, holding none
+        with gpu_lease(tmp_path, poll_s=0.05) as single:
+            assert single == "2"  # the waiting job did not keep the free one while it waited
+    thread.join(timeout=10)
+    assert waiting == ["0,1"]  # the pair was given back, and the waiting job took both
+    lease.__exit__(None, None, None)
+
+
 def test_objectives_for_search_sweepers():
     from qco.record import LatencyStats, Memory, Record, StepStats, Timings
 
@@ -246,3 +265,15 @@ def test_two_sweeps_on_one_folder_never_measure_a_job_at_once(tmp_path, models_c
         if folder.is_dir():  # each job measured by one process once: its log holds one plan
             assert (folder / "job.log").read_text().count("plan: load") == 1, folder.name
             assert json.loads((folder / "results.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize("args, gpus", [
+    (["-m", "quant=none,nf4"], 1),
+    (["-m", "parallel=ulysses", "parallel.degree=1,2,4"], 4),
+    (["-m", "parallel=ulysses,ulysses_ring"], 4),  # the options' own degrees: 2 and 4
+    (["-m", "parallel=ring"], 2),
+])
+def test_a_slurm_job_asks_for_the_sweeps_largest_degree(args, gpus):
+    from qco.resolvers import sweep_gpus
+
+    assert sweep_gpus(args) == gpus

@@ -1,5 +1,5 @@
-"""One job per GPU: a job leases a free GPU of this host through a lock file before its process
-starts, and holds it until the process ends. Works across the workers of a launcher and across
+"""GPUs for each job: a job leases as many free GPUs of this host as it needs (one, or parallel.degree) through a
+lock file each before its process starts, and holds them until the process ends. Works across the workers of a launcher and across
 sweeps started side by side; a GPU is never given to two jobs at once."""
 
 import contextlib
@@ -25,29 +25,37 @@ def visible_gpus() -> int:
 
 
 @contextlib.contextmanager
-def gpu_lease(lock_dir: Optional[Path] = None, poll_s: float = 2.0) -> Iterator[Optional[str]]:
-    """Yields the CUDA_VISIBLE_DEVICES value of a free GPU, or None where there is at most one GPU
-    (nothing to share out: the job uses the device it names)."""
-    count = visible_gpus()
-    if count <= 1:
+def gpu_lease(lock_dir: Optional[Path] = None, poll_s: float = 2.0, count: int = 1) -> Iterator[Optional[str]]:
+    """Yields the CUDA_VISIBLE_DEVICES value of `count` free GPUs ("2,3" for a job of parallel.degree=2), or None
+    where there is at most one GPU and one is asked for (nothing to share out: the job uses the device it names).
+    A job takes all of its GPUs at once or none: it never holds some while it waits for the rest, so two jobs of
+    two GPUs each cannot each hold one and wait for ever."""
+    total = visible_gpus()
+    if total <= 1 and count <= 1:
         yield None
         return
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    devices = [d.strip() for d in listed.split(",")] if listed else [str(i) for i in range(count)]
+    devices = [d.strip() for d in listed.split(",")] if listed else [str(i) for i in range(total)]
     lock_dir = lock_dir or Path(tempfile.gettempdir()) / f"qco-gpu-locks-{os.getuid()}"
     lock_dir.mkdir(parents=True, exist_ok=True)
     while True:
+        held = []
         for device in devices:
+            if len(held) == count:
+                break
             handle = open(lock_dir / f"gpu-{device}.lock", "w")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.close()
                 continue
-            try:
-                yield device
-            finally:
+            held.append((device, handle))
+        try:
+            if len(held) == count:
+                yield ",".join(device for device, _ in held)
+                return
+        finally:
+            for _, handle in held:
                 fcntl.flock(handle, fcntl.LOCK_UN)
                 handle.close()
-            return
         time.sleep(poll_s)

@@ -1,0 +1,123 @@
+"""One image on several GPUs (qco/parallel.py), on a CPU. diffusers' context parallelism needs an accelerator
+(its ranks are placed on one), so here the refusal is proven, and the launcher for real: torch's elastic
+launcher starting two worker processes over gloo on the tiny model, rank 0 recording, the same seed on every
+rank, and a failed rank failing the run with its reason and leaving no process behind. The split itself is
+proven on GPUs (benchmarks/README.md)."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qco.errors import EXIT_USER_ERROR, QcoError
+from qco.parallel import RANKS, RankFailed, run_parallel
+from qco.rules import apply_rules
+from qco.plan import draft_plan
+from tests.helpers import error_lines, qco_cli
+from tests.test_rules import H200
+
+
+def _alive(run_id: str):
+    """Processes of this user whose environment names the launcher's run id (every worker's has it)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f"TORCHELASTIC_RUN_ID={run_id}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                alive.append(int(entry.name))
+        except OSError:
+            continue
+    return alive
+
+
+def _refusals(make_cfg, *overrides):
+    with pytest.raises(QcoError) as refused:
+        apply_rules(draft_plan(make_cfg(*overrides), H200), " ".join(overrides))
+    return {line.split(": ")[1] for line in refused.value.lines}  # "refused before loading (...): RULE: ..."
+
+
+@pytest.mark.parametrize("overrides, rule", [
+    (["parallel=ulysses", "offload=model"], "parallel_without_offload"),
+    (["parallel=ring"], "ring_needs_log_sum_exp"),  # the default backend: torch's SDPA returns no log-sum-exp
+    (["parallel=ulysses_ring"], "ring_needs_log_sum_exp"),
+    (["parallel=ulysses", "attention.backend=xformers"], "parallel_attention_backend"),
+    (["parallel=ulysses", "model=tiny_sd3"], "parallel_needs_a_context_parallel_plan"),
+    (["parallel=ulysses", "parallel.degree=4"], "parallel_needs_as_many_gpus"),  # this machine shows none
+])
+def test_what_cannot_combine_is_refused_before_any_process(overrides, rule, make_cfg):
+    assert rule in _refusals(make_cfg, *overrides)
+
+
+def test_the_degree_splits_into_diffusers_two(make_cfg):
+    def step(*overrides):
+        return draft_plan(make_cfg(*overrides), H200).parallel
+
+    assert (step("parallel=ulysses", "parallel.degree=4").ulysses_degree, step("parallel=ring").ring_degree) == (4, 2)
+    both = step("parallel=ulysses_ring", "parallel.degree=8", "parallel.ring_degree=2")
+    assert (both.ulysses_degree, both.ring_degree, both.world_size) == (4, 2, 8)
+    assert step("parallel=ulysses", "parallel.degree=1").world_size == 1  # degree 1: the one-GPU run itself
+    plan = draft_plan(make_cfg("parallel=ring", "attention=native_cudnn"), H200)
+    assert any("enable_parallelism(config=ContextParallelConfig(ulysses_degree=1, ring_degree=2))" in line
+               for line in plan.describe())
+
+
+def test_on_a_cpu_it_is_refused_in_one_line_and_nothing_starts(tmp_path, models_cache):
+    result = qco_cli(["parallel=ulysses", "run.device=cpu", "hydra.run.dir=run"], tmp_path, models_cache)
+    (line,) = error_lines(result)
+    assert result.returncode == EXIT_USER_ERROR
+    assert "parallel_needs_cuda" in line and "parallel.degree=2" in line and "fix:" in line
+    assert not (tmp_path / "run" / RANKS).exists()  # no worker was started
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, models_cache):
+    """Two worker processes of one tiny run, started by torch's elastic launcher (gloo on the CPU). Each rank runs
+    the whole image here: the split needs GPUs."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from qco.models.source import resolve_source
+    from qco.sweep.child import typed
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("qco.conf", version_base="1.3"):
+        cfg = typed(compose("config", overrides=[f"paths.models={models_cache}", "run.device=cpu", "run.repeats=1",
+                                                 "run.quality=false"]))
+    GlobalHydra.instance().clear()
+    resolve_source(cfg.model, cfg.paths.models)  # built once before the ranks start, as qco's own process does
+    run_dir = tmp_path_factory.mktemp("parallel") / "run"
+    run_dir.mkdir()
+    return run_dir, run_parallel(cfg, run_dir, ["run.repeats=1"], world_size=2), cfg
+
+
+def test_rank_0_records_the_run_and_every_rank_ran_with_the_same_seed(two_ranks):
+    run_dir, record, _ = two_ranks
+    assert record.status == "ok" and record.environment.world_size == 2
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "ok"
+    other = json.loads((run_dir / RANKS / "rank1" / "results.json").read_text())
+    assert other["status"] == "ok" and other["environment"]["world_size"] == 2
+    first, second = (np.asarray(Image.open(folder / "image_0.png")) for folder in (run_dir, run_dir / RANKS / "rank1"))
+    assert (first == second).all()  # the same seed on every rank: the same image
+    logs = list((run_dir / RANKS / "logs").rglob("stdout.log"))
+    assert len(logs) == 2 and any("results:" in path.read_text() for path in logs)  # each rank's output is kept
+
+
+def test_a_failed_rank_fails_the_run_with_its_reason_and_leaves_no_process(two_ranks, tmp_path):
+    _, _, cfg = two_ranks
+    run_dir = tmp_path / "run"
+    (run_dir / RANKS).mkdir(parents=True)
+    (run_dir / RANKS / "rank1").write_text("a file where rank 1 writes its folder")  # rank 1 alone cannot start
+    started = time.monotonic()
+    with pytest.raises(RankFailed) as failed:
+        run_parallel(cfg, run_dir, [], world_size=2)
+    (line,) = failed.value.lines
+    assert line.startswith("rank 1 of 2 failed: ") and "rank1" in line and "every other rank was stopped" in line
+    run_id = line.split("(run id ")[1].split(")")[0]
+    assert _alive(run_id) == []  # rank 0, waiting for rank 1 in a collective, was stopped with it
+    assert time.monotonic() - started < 240
+    assert os.path.isdir(run_dir / RANKS / "logs")
