@@ -121,3 +121,20 @@ def test_a_failed_rank_fails_the_run_with_its_reason_and_leaves_no_process(two_r
     assert _alive(run_id) == []  # rank 0, waiting for rank 1 in a collective, was stopped with it
     assert time.monotonic() - started < 240
     assert os.path.isdir(run_dir / RANKS / "logs")
+
+
+def test_the_scaling_table_sets_each_row_beside_degree_1(small_sweep, tmp_path):
+    """benchmarks/parallel_scaling.py, which the GPU script runs, on a real sweep's records (all at degree 1 here:
+    each row is its own degree 1, so its ratio is 1 and its image identical)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, copy_sweep
+
+    sweep = copy_sweep(small_sweep, tmp_path)
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "parallel_scaling.py"), str(sweep)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()[2:]]
+    assert len(rows) == 2 and all(r[1].strip() == "1" and r[3].strip() == "1.000" and r[5].strip() == "identical"
+                                  for r in rows)

@@ -277,3 +277,22 @@ def test_a_slurm_job_asks_for_the_sweeps_largest_degree(args, gpus):
     from qco.resolvers import sweep_gpus
 
     assert sweep_gpus(args) == gpus
+
+
+def test_a_sweep_runs_as_submitit_jobs_and_resumes(tmp_path, models_cache):
+    """The SLURM launcher's path without a cluster: hydra-submitit-launcher's local executor, each job a submitit
+    job in its own process, with its folders; the same command again finds every job recorded."""
+    args = ["-m", "hydra/launcher=slurm_local", "quant=none,int8", "run.repeats=1", "run.device=cpu",
+            "hydra.sweep.dir=sweep"]
+    first = qco_cli(args, tmp_path, models_cache, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    sweep = tmp_path / "sweep"
+    assert "Submitit 'local' sweep output dir" in first.stderr + first.stdout
+    jobs = sorted((sweep / ".submitit").glob("*/*_result.pkl"))  # submitit's own record of each job it ran
+    assert len(jobs) == 2
+    finished = {name: r["finished_at"] for name, r in records(sweep).items()}
+    assert len(finished) == 2 and {r["status"] for r in records(sweep).values()} == {"ok"}
+    again = qco_cli(args, tmp_path, models_cache, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {name: r["finished_at"] for name, r in records(sweep).items()} == finished  # resumed: nothing rerun
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 4  # each job asked again, and skipped
