@@ -41,11 +41,10 @@ def is_worker() -> bool:
 
 def run_parallel(cfg, run_dir: Path, overrides: List[str], world_size: int) -> Record:
     """Start world_size workers of this run and wait for them; rank 0's record, or RankFailed."""
+    import torch
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    import torch
 
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()  # this process planned (and may have built the model) on GPU 0, rank 0's GPU

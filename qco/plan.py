@@ -138,7 +138,7 @@ class Plan:
                                  f"{self.place.others_offload_type}")
             lines.append(f"place    pipe.{PLACE_CALLS[self.place.method]}({_kwargs(self.place.kwargs)})"
                          + (f"  [{'; '.join(extras)}]" if extras else ""))
-        if self.parallel.method is not None:
+        if self.parallel.world_size > 1:  # degree 1 is the one-GPU run itself
             lines.append(f"parallel pipe.{tune.component}.enable_parallelism(config=ContextParallelConfig("
                          f"ulysses_degree={self.parallel.ulysses_degree}, ring_degree={self.parallel.ring_degree}))"
                          f"  [{self.parallel.world_size} processes, one per GPU, started by torch.distributed.run]")

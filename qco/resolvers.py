@@ -35,11 +35,13 @@ def sweep_gpus(args: List[str]) -> int:
     if not values:
         from importlib.resources import files
 
-        options = [o for a in args if a.startswith("parallel=") for o in re.split(r"[,\s]+", a.split("=", 1)[1])]
-        values = [re.search(r"^degree: *(\d+)", text, re.M).group(1) for text in
-                  (files("qco.conf").joinpath("parallel", f"{o}.yaml").read_text() for o in options
-                   if files("qco.conf").joinpath("parallel", f"{o}.yaml").is_file()) if re.search(r"^degree:", text, re.M)]
-    return max([1, *(int(n) for value in values for n in re.findall(r"\d+", value))])
+        for arg in args:
+            if arg.startswith("parallel="):
+                for option in re.split(r"[,\s]+", arg.split("=", 1)[1]):
+                    yaml = files("qco.conf").joinpath("parallel", f"{option}.yaml")
+                    found = re.search(r"^degree: *(\d+)", yaml.read_text(), re.M) if yaml.is_file() else None
+                    values += [found.group(1)] if found else []
+    return max([1, *(int(n) for value in values for n in re.findall(r"\d+", value))])  # "1,2,4", range(1,5)
 
 
 def register_resolvers() -> None:

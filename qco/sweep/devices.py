@@ -1,6 +1,6 @@
-"""GPUs for each job: a job leases as many free GPUs of this host as it needs (one, or parallel.degree) through a
-lock file each before its process starts, and holds them until the process ends. Works across the workers of a launcher and across
-sweeps started side by side; a GPU is never given to two jobs at once."""
+"""GPUs for each job: a job leases as many free GPUs of this host as it needs (one, or parallel.degree), through
+a lock file each, before its process starts, and holds them until the process ends. Works across the workers of
+a launcher and across sweeps started side by side; a GPU is never given to two jobs at once."""
 
 import contextlib
 import fcntl
@@ -31,7 +31,7 @@ def gpu_lease(lock_dir: Optional[Path] = None, poll_s: float = 2.0, count: int =
     A job takes all of its GPUs at once or none: it never holds some while it waits for the rest, so two jobs of
     two GPUs each cannot each hold one and wait for ever."""
     total = visible_gpus()
-    if total <= 1 and count <= 1:
+    if total <= 1 and count <= 1 or count > total:  # more than there are: the job's own rules refuse it
         yield None
         return
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
