@@ -69,6 +69,8 @@ def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
         "tune": {"fuse_qkv": plan.tune.fuse_qkv, "after_fusion": plan.tune.quantize_after_fusion,
                  "attention": plan.tune.attention_backend},
         "cache": {"method": plan.cache.method, "kwargs": plan.cache.kwargs},
+        # each rank of a split image compiles for its share of the tokens (qco/parallel.py)
+        "parallel": {"ulysses": plan.parallel.ulysses_degree, "ring": plan.parallel.ring_degree},
         "offload": {"method": plan.place.method, "others": plan.place.others_offload_type,
                     "kwargs": {k: v for k, v in plan.place.kwargs.items() if k not in ("device", "onload_device")}},
         "shapes": call,  # height, width, frames, batch: what the graphs are specialised to

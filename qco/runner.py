@@ -61,6 +61,18 @@ def record_without_running(cfg: Config, run_dir: Path, overrides: List[str], sta
     return record
 
 
+def _launcher_target(cfg: Config):
+    """The GPUs as nvidia-smi names them, for the process that starts a run's ranks (qco/parallel.py): it never
+    starts CUDA itself, so no context of its own sits on rank 0's GPU. None: resolved as for any run."""
+    from qco.parallel import is_worker
+    from qco.target import target_without_cuda
+
+    if cfg.parallel.method is None or cfg.parallel.degree <= 1 or is_worker():
+        return None
+
+    return target_without_cuda(cfg.run.device)
+
+
 def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Record:
     """Run one combination and write results.json and the images into run_dir. A refused or failed
     run still writes results.json, with its status and reason, then raises."""
@@ -80,7 +92,7 @@ def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Re
         from qco.execute import check_and_plan, measure_run
         from qco.models.source import resolve_source
 
-        plan = check_and_plan(cfg)
+        plan = check_and_plan(cfg, _launcher_target(cfg))
         record.plan = plan.as_dict()
         for line in plan.describe():
             log.info("plan: %s", line)

@@ -134,6 +134,9 @@ def check_values(cfg: Config) -> List[str]:
             )
     problems += _check_frames(run.frames, model)
     problems += _check_parallel(cfg.parallel)
+    if cfg.parallel.method is not None and cfg.parallel.degree > 1 and run.device.startswith("cuda:"):
+        problems.append(f"run.device={run.device} with parallel.degree={cfg.parallel.degree}: each rank takes the GPU "
+                        "of its own rank; fix: run.device=cuda (CUDA_VISIBLE_DEVICES chooses which GPUs)")
     problems += _not_a_number("run.memory_limit_gib", run.memory_limit_gib) + _not_a_number("run.guidance", run.guidance)
     if run.memory_limit_gib is not None and math.isfinite(run.memory_limit_gib) and run.memory_limit_gib <= 0:
         problems.append(f"run.memory_limit_gib={run.memory_limit_gib}: must be above 0, or null for no limit; "

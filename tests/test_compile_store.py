@@ -125,3 +125,17 @@ def test_what_the_graphs_depend_on_changes_the_key(change, make_cfg):
     assert same == folder()[0]
     assert folder(change)[0] != same
     assert {"torch", "triton", "diffusers"} <= set(key["versions"]) and key["device"].startswith("cpu")
+
+
+def test_a_split_across_ranks_changes_the_key(make_cfg):
+    """Each rank of a context-parallel run compiles for its share of the tokens: never the one-GPU graphs. (On a
+    CPU the rules refuse the split itself, so the plan is changed here after them.)"""
+    from qco.plan import ParallelStep
+
+    cfg = make_cfg(*RUN)
+    plan = check_and_plan(cfg)
+    plan.load.source = resolve_source(cfg.model, cfg.paths.models)
+    call = {"height": cfg.run.height, "width": cfg.run.width, "frames": cfg.run.frames, "batch": cfg.run.batch}
+    one = store_key(plan, call)
+    plan.parallel = ParallelStep("ulysses", ulysses_degree=2)
+    assert store_key(plan, call) != one and store_key(plan, call)["parallel"] == {"ulysses": 2, "ring": 1}

@@ -53,6 +53,20 @@ def test_what_cannot_combine_is_refused_before_any_process(overrides, rule, make
     assert rule in _refusals(make_cfg, *overrides)
 
 
+@pytest.mark.parametrize("overrides, line", [
+    (["parallel.degree=2"], "parallel.degree=2 with parallel=none"),
+    (["parallel=ulysses", "parallel.degree=0"], "parallel.degree=0: the GPUs for one image, at least 1"),
+    (["parallel=ulysses", "parallel.ring_degree=2"], "only ulysses_ring splits the degree"),
+    (["parallel=ulysses_ring", "parallel.degree=6", "parallel.ring_degree=4"], "ring_degree divides degree"),
+    (["parallel=ulysses", "run.device=cuda:1"], "each rank takes the GPU of its own rank"),
+])
+def test_degrees_that_cannot_be_split_are_one_line_each(overrides, line, make_cfg):
+    from qco.validate import check_values
+
+    (problem,) = check_values(make_cfg(*overrides))
+    assert line in problem and "fix: " in problem
+
+
 def test_the_degree_splits_into_diffusers_two(make_cfg):
     def step(*overrides):
         return draft_plan(make_cfg(*overrides), H200).parallel
