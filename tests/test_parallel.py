@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qco.errors import EXIT_USER_ERROR, QcoError
+from qco.errors import QcoError
 from qco.parallel import RANKS, RankFailed, run_parallel
 from qco.rules import apply_rules
 from qco.plan import draft_plan
-from tests.helpers import error_lines, qco_cli
 from tests.test_rules import H200
 
 
@@ -80,12 +79,18 @@ def test_the_degree_splits_into_diffusers_two(make_cfg):
                for line in plan.describe())
 
 
-def test_on_a_cpu_it_is_refused_in_one_line_and_nothing_starts(tmp_path, models_cache):
-    result = qco_cli(["parallel=ulysses", "run.device=cpu", "hydra.run.dir=run"], tmp_path, models_cache)
-    (line,) = error_lines(result)
-    assert result.returncode == EXIT_USER_ERROR
-    assert "parallel_needs_cuda" in line and "parallel.degree=2" in line and "fix:" in line
-    assert not (tmp_path / "run" / RANKS).exists()  # no worker was started
+def test_on_a_cpu_it_is_refused_before_any_process(make_cfg, monkeypatch, tmp_path):
+    from qco.runner import run
+
+    def no_launch(*args, **kwargs):  # what would start the ranks: the refusal comes first
+        raise AssertionError("a worker process was started")
+
+    monkeypatch.setattr("qco.parallel.run_parallel", no_launch)
+    with pytest.raises(QcoError) as refused:
+        run(make_cfg("parallel=ulysses", "run.device=cpu"), tmp_path / "run")
+    (line,) = refused.value.lines
+    assert "parallel_needs_cuda: parallel.degree=2" in line and "fix: run.device=cuda" in line
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "refused"
 
 
 @pytest.fixture(scope="module")
