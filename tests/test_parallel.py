@@ -46,9 +46,10 @@ def _refusals(make_cfg, *overrides):
     (["parallel=ulysses_ring"], "ring_needs_log_sum_exp"),
     (["parallel=ulysses", "attention.backend=xformers"], "parallel_attention_backend"),
     (["parallel=ulysses", "model=tiny_sd3"], "parallel_needs_a_context_parallel_plan"),
-    (["parallel=ulysses", "parallel.degree=4"], "parallel_needs_as_many_gpus"),  # this machine shows none
+    (["parallel=ulysses", "parallel.degree=4"], "parallel_needs_as_many_gpus"),
 ])
-def test_what_cannot_combine_is_refused_before_any_process(overrides, rule, make_cfg):
+def test_what_cannot_combine_is_refused_before_any_process(overrides, rule, make_cfg, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # two GPUs as far as the count can tell
     assert rule in _refusals(make_cfg, *overrides)
 
 
