@@ -352,7 +352,7 @@ def _value(hint, value, where: str):
 
 # -------------------------------------------------------------------------------------------------- the row
 
-GROUPS = ("model", "quant", "compile", "offload", "attention", "cache", "tweaks")
+GROUPS = ("model", "quant", "compile", "offload", "attention", "cache", "tweaks", "parallel")
 
 
 @dataclass
@@ -368,10 +368,12 @@ class Row:
     attention: Optional[str] = None
     cache: Optional[str] = None
     tweaks: Optional[str] = None
+    parallel: Optional[str] = None  # one image on several GPUs: ulysses, ring, ulysses_ring (world_size of them)
     device: Optional[str] = None
     gpu: Optional[str] = None
     gpu_index: Optional[str] = None  # the host's GPU(s) it ran on, as nvidia-smi numbers them
     host: Optional[str] = None
+    world_size: Optional[int] = None  # the processes (GPUs) that made one image
     setting: str = ""  # what makes two runs comparable: model, size, steps, calls
     status: Status = Status.unreadable
     cap_gib: Optional[float] = None
@@ -437,7 +439,9 @@ def row_of(record: Record, folder: Path) -> Row:
               device=(environment.device if environment else None) or (config.get("run") or {}).get("device"),
               gpu=environment.gpu if environment else None,
               gpu_index=",".join(str(g.index) for g in environment.gpus) or None if environment else None,
-              host=environment.host if environment else None, setting=run_setting(config), status=record.status,
+              host=environment.host if environment else None,
+              world_size=environment.world_size if environment else None, setting=run_setting(config),
+              status=record.status,
               cap_gib=record.cap_gib(), job=folder.name, reason=reason, overrides=list(record.overrides),
               dir=folder, record=record)
     if record.status != Status.ok:

@@ -116,8 +116,11 @@ def two_ranks(tmp_path_factory, models_cache):
 
 
 def test_rank_0_records_the_run_and_every_rank_ran_with_the_same_seed(two_ranks):
+    from qco.record import row_of
+
     run_dir, record, _ = two_ranks
     assert record.status == "ok" and record.environment.world_size == 2
+    assert row_of(record, run_dir).world_size == 2  # the sweep table's column
     assert json.loads((run_dir / "results.json").read_text())["status"] == "ok"
     other = json.loads((run_dir / RANKS / "rank1" / "results.json").read_text())
     assert other["status"] == "ok" and other["environment"]["world_size"] == 2
