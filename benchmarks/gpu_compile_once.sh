@@ -9,7 +9,7 @@
 # cacheable) and timers (where the compiling went); TORCH_LOGS=recompiles puts each recompile and its reason in the
 # run's log. The lanes compile at the same time on the host's CPUs, so a cold first call is slower than alone.
 # At DEADLINE_S what still runs is stopped and the text files are packed into OUT_DIR/compile_once.tgz.
-# Usage, from the repository root on a host of 2 GPUs:  bash benchmarks/gpu_compile_once.sh OUT_DIR [DEADLINE_S]
+# Usage, from the repository root on a host of 2 or more GPUs:  bash benchmarks/gpu_compile_once.sh OUT_DIR [DEADLINE_S]
 set -u
 out=${1:?usage: gpu_compile_once.sh OUT_DIR [DEADLINE_S]}; deadline=${2:-570}
 source benchmarks/lanes.sh
