@@ -65,11 +65,11 @@ def _launcher_target(cfg: Config):
     """The GPUs as nvidia-smi names them, for the process that starts a run's ranks (qco/parallel.py): it never
     starts CUDA itself, so no context of its own sits on rank 0's GPU. None: resolved as for any run."""
     from qco.parallel import is_worker
+    from qco.plan import parallel_step
     from qco.target import target_without_cuda
 
-    if cfg.parallel.method is None or cfg.parallel.degree <= 1 or is_worker():
+    if parallel_step(cfg).world_size <= 1 or is_worker():
         return None
-
     return target_without_cuda(cfg.run.device)
 
 

@@ -37,8 +37,9 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
             return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gib)
         record = refused_in_advance(cfg, run_dir, overrides) or fits_a_smaller_cap(cfg, run_dir, overrides)
         if record is None:
-            gpus = cfg.parallel.degree if cfg.parallel.method is not None else 1  # one image on several GPUs
-            with gpu_lease(count=gpus) as device:
+            from qco.plan import parallel_step
+
+            with gpu_lease(count=parallel_step(cfg).world_size) as device:  # one image may need several GPUs
                 env = {} if device is None else {"CUDA_VISIBLE_DEVICES": device}  # the job's process only
                 if device is not None:
                     log.info("Job %s runs on GPU %s", run_dir.name, device)
