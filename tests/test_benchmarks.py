@@ -119,3 +119,27 @@ def test_presets_script_rows_compose_and_pass_the_rules_for_an_h200(make_cfg):
             assert plan.compile.inductor["max_autotune_gemm_backends"] == "ATEN,TRITON"
         if name == "fastest_bf16":
             assert not plan.load.quant_backend and not plan.tune.quantize_after_fusion
+
+
+def test_compile_sweep_script_combinations_pass_the_rules_for_an_h200(make_cfg):
+    """The 6 combinations benchmarks/gpu_compile_sweep.sh sweeps by default are each valid on an H200, compiled."""
+    import itertools
+    import re
+
+    pytest.importorskip("torchao")
+    from qco.plan import draft_plan
+    from qco.rules import apply_rules
+    from qco.target import Target
+    from qco.validate import check_names, check_values
+
+    script = (REPO / "benchmarks" / "gpu_compile_sweep.sh").read_text()
+    default = re.search(r'QCO_SWEEP:-([^}]*)}', script).group(1).replace("\\\n", "").split()
+    choices = [[f"{o.split('=')[0]}={v}" for v in o.split("=")[1].split(",")] for o in default]
+    combinations = list(itertools.product(*choices))
+    assert len(combinations) == 6
+    h200 = Target("cuda:0", (9, 0), "NVIDIA H200")
+    for overrides in combinations:
+        cfg = make_cfg(*overrides)
+        assert check_values(cfg) + check_names(cfg) == [], overrides
+        plan = apply_rules(draft_plan(cfg, h200), " ".join(overrides))
+        assert plan.compile is not None and plan.compile.method == "regional", overrides

@@ -139,3 +139,29 @@ def test_a_split_across_ranks_changes_the_key(make_cfg):
     one = store_key(plan, call)
     plan.parallel = ParallelStep("ulysses", ulysses_degree=2)
     assert store_key(plan, call) != one and store_key(plan, call)["parallel"] == {"ulysses": 2, "ring": 1}
+
+
+def test_the_sweep_compile_table_adds_up_each_runs_compile_time(runs):
+    """benchmarks/compile_sweep.py, which gpu_compile_sweep.sh runs, on real records of one combination: cold in
+    the first sweep folder, warm from the store alone in the second."""
+    from tests.conftest import REPO
+
+    tmp, _, _, records = runs
+    for sweep, name in (("first", "twin_a"), ("second", "warm")):
+        shutil.copytree(tmp / name, tmp / sweep / name)
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compile_sweep.py"), str(tmp / "first"),
+                             str(tmp / "second")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()[2:] if line.startswith("|")]
+    expected = []
+    for name in ("twin_a", "warm"):
+        record = records[name]
+        store, timings = record["compile_cache"], record["timings"]
+        expected.append(timings["first_call_s"] - timings["latency_s"]["mean"] + (store["load_s"] or 0)
+                        + (store["save_s"] or 0))
+    assert [r[2].strip() for r in rows] == ["cold", "warm"]
+    assert [r[6].strip() for r in rows] == [f"{records[n]['compile_cache']['graphs_from_cache']} / "
+                                            f"{records[n]['compile_cache']['graphs_compiled']}" for n in ("twin_a", "warm")]
+    assert [float(r[7]) for r in rows] == pytest.approx(expected, abs=0.051)
+    assert (f"1 combination: compile time {expected[0]:.1f} s on the first run, {expected[1]:.1f} s on the second "
+            f"({expected[1] / expected[0]:.2f} x)") in result.stdout
