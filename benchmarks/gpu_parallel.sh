@@ -15,13 +15,15 @@ export QCO_MODEL_CACHE=${QCO_MODEL_CACHE:-/tmp/qco-models}
 export PYTHONUNBUFFERED=1
 mkdir -p "$work" "$out"
 nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total --format=csv > "$out/machine.txt"
-for setting in "compile=regional" "experiment=fastest_flux compile=regional_max_autotune_quick"; do
+# QCO_PARALLEL_SETTINGS: the settings, '|' between them; QCO_REPEATS: timed calls (3)
+IFS='|' read -r -a settings <<< "${QCO_PARALLEL_SETTINGS:-compile=regional|experiment=fastest_flux compile=regional_max_autotune_quick}"
+for setting in "${settings[@]}"; do
   name=$(echo "$setting" | tr ' =' '_-')
   echo "=== python -m qco -m model=flux_dev_random run.device=cuda parallel=ulysses parallel.degree=$degrees $setting"
   begin=$(date +%s)
   # shellcheck disable=SC2086  # the setting is several overrides
   timeout "${QCO_SWEEP_TIMEOUT:-540}" python -m qco -m model=flux_dev_random run.device=cuda parallel=ulysses \
-    "parallel.degree=$degrees" $setting run.repeats=3 run.quality=false "hydra.sweep.dir=$work/$name" \
+    "parallel.degree=$degrees" $setting "run.repeats=${QCO_REPEATS:-3}" run.quality=false "hydra.sweep.dir=$work/$name" \
     > "$out/$name.log" 2>&1
   echo "exit $? after $(( $(date +%s) - begin )) s"
   python benchmarks/parallel_scaling.py "$work/$name"
