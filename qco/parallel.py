@@ -8,10 +8,13 @@ record, images and rerun.yaml into the run folder; every other rank writes its o
 A rank that fails stops the others (the elastic agent terminates every worker of the group, then kills what is
 left), and the run is recorded as failed with that rank's reason: the exception it raised (the worker's @record
 writes it where the agent reads it), or the signal that killed it. The launcher's run id is in every worker's
-environment (TORCHELASTIC_RUN_ID) and in the record's reason on failure, so a stray process could be found."""
+environment (TORCHELASTIC_RUN_ID) and in the record's reason on failure, so a stray process could be found.
+Ctrl-C or a SIGTERM to the launching process: the agent stops every rank, and the run is recorded as interrupted,
+as a run of one process is, so that running a sweep again runs it again."""
 
 import logging
 import os
+import signal
 import uuid
 from pathlib import Path
 from typing import List
@@ -34,6 +37,17 @@ class RankFailed(QcoError):
     exit_code = 1
 
 
+class Stopped(QcoError):
+    """The launching process was asked to end (SIGTERM: a kill, a scheduler's time limit): the agent stopped every
+    rank. Recorded as interrupted, as a Ctrl-C is, so that running the sweep again runs it again."""
+
+    status = "interrupted"
+
+    def __init__(self, lines, signal_number: int):
+        super().__init__(lines)
+        self.exit_code = 128 + signal_number  # as a shell reports a process ended by that signal
+
+
 def is_worker() -> bool:
     """Whether this process is a rank started by the launcher (it then runs, never launches)."""
     return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
@@ -43,6 +57,7 @@ def run_parallel(cfg, run_dir: Path, overrides: List[str], world_size: int) -> R
     """Start world_size workers of this run and wait for them; rank 0's record, or RankFailed."""
     import torch
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -65,6 +80,11 @@ def run_parallel(cfg, run_dir: Path, overrides: List[str], world_size: int) -> R
         rank, failure = error.get_first_failure()
         raise RankFailed(f"rank {rank} of {world_size} failed: {_why(failure)}; every other rank was stopped "
                          f"(run id {run_id}); each rank's output: {logs}") from None
+    except SignalException as stopped:  # the agent turns SIGINT and SIGTERM into this, once it stopped the ranks
+        if stopped.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None  # Ctrl-C, as in a run of one process
+        raise Stopped(f"stopped by {stopped.sigval.name} before it finished, with every rank (run id {run_id}); "
+                      f"each rank's output: {logs}; fix: run the same command again", stopped.sigval) from None
     return read_record(run_dir / RESULTS)
 
 
@@ -83,6 +103,13 @@ def _why(failure) -> str:
     return f"exit code {failure.exitcode}"
 
 
+def _interrupt_once(signum, frame):
+    """Ctrl-C reaches a rank twice: from the terminal, then from the agent stopping the group. The second would
+    cut the rank's record short while the first is being written, so it is ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 @record  # the elastic agent reads a failed rank's exception from the error file this writes
 def worker(config: dict, run_dir: str, overrides: List[str]) -> None:
     import torch
@@ -92,6 +119,7 @@ def worker(config: dict, run_dir: str, overrides: List[str]) -> None:
     from qco.sweep.child import typed
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    signal.signal(signal.SIGINT, _interrupt_once)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     cfg = typed(config)
     on_gpu = cfg.run.device != "cpu" and torch.cuda.is_available()

@@ -161,3 +161,44 @@ def test_the_scaling_table_sets_each_row_beside_degree_1(small_sweep, tmp_path):
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()[2:]]
     assert len(rows) == 2 and all(r[1].strip() == "1" and r[3].strip() == "1.000" and r[5].strip() == "identical"
                                   for r in rows)
+
+
+@pytest.mark.parametrize("stop", ["ctrl_c", "sigterm"])
+def test_a_stopped_run_stops_every_rank_and_is_recorded_as_interrupted(stop, two_ranks, models_cache, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group: the launching process and every rank) and SIGTERM to the
+    launching process alone (a kill, a scheduler's time limit): torch's agent stops the ranks and raises its
+    SignalException, which qco turns into what a run of one process gives, interrupted, so a sweep runs it again."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "tests.parallel_stop", str(models_cache), str(run_dir)],
+                               cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not all(_status(folder) == "running" for folder in (run_dir, run_dir / RANKS / "rank1")):
+        assert process.poll() is None and time.monotonic() < deadline, "the two ranks did not start"
+        time.sleep(0.5)
+    if stop == "ctrl_c":
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        os.kill(process.pid, signal.SIGTERM)
+    process.wait(timeout=120)
+    raised = json.loads((tmp_path / "run.raised.json").read_text())
+    (logs,) = (run_dir / RANKS / "logs").iterdir()  # RUN-ID_SUFFIX: torch names the ranks' log folder so
+    assert _alive(logs.name.rsplit("_", 1)[0]) == []  # no rank is left
+    if stop == "ctrl_c":
+        assert raised["type"] == "KeyboardInterrupt"  # as in one process: the runner records it, exit code 130
+        assert _status(run_dir) == _status(run_dir / RANKS / "rank1") == "interrupted"  # each rank recorded it
+    else:
+        assert raised["type"] == "Stopped" and raised["status"] == "interrupted" and raised["exit_code"] == 143
+        assert raised["message"].startswith("stopped by SIGTERM before it finished, with every rank")
+
+
+def _status(folder: Path):
+    try:
+        return json.loads((folder / "results.json").read_text())["status"]
+    except (OSError, ValueError):
+        return None
