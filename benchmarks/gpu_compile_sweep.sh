@@ -7,9 +7,10 @@
 # and 1 timed call, no quality. Then benchmarks/compile_sweep.py: each combination's compile time on each run.
 # The same command again resumes what is unrecorded: each run of the sweep is an ordinary sweep folder.
 # Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_compile_sweep.sh OUT_DIR [DEADLINE_S]
+# (DEADLINE_S: 1800 unless given; what runs then is stopped, and the same command later goes on from there)
 # (QCO_SWEEP: the sweep's overrides instead of the model, device and 6 combinations)
 set -u
-out=${1:?usage: gpu_compile_sweep.sh OUT_DIR [DEADLINE_S]}; deadline=${2:-570}
+out=${1:?usage: gpu_compile_sweep.sh OUT_DIR [DEADLINE_S]}; deadline=${2:-1800}
 start=$(date +%s)
 left() { echo $(( deadline - ($(date +%s) - start) )); }
 work=${QCO_COMPILE_WORK:-/tmp/compile_sweep}
