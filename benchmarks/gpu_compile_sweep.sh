@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Compile once, for a sweep: one sweep of 6 compiled combinations (bf16, torchao fp8 and nf4, each with regional
-# compile and with the quick max-autotune one) run twice on one GPU, each job a fresh process (qco's sweeps run
+# Compile once, for a sweep: one sweep of 6 compiled combinations (bf16, torchao fp8 and nf4, each with torch's SDPA
+# and with cuDNN attention, all with compile=regional_max_autotune_quick; compile=regional's default mode compiles
+# torchao fp8 for minutes: benchmarks/README.md) run twice on one GPU, each job a fresh process (qco's sweeps run
 # every job in its own), and each run of the sweep with an inductor and Triton cache of its own, empty at its
 # start, as on a fresh machine. So only qco's compile store (paths.compile_cache, shared) can carry compiled graphs
 # from the first run to the second. FLUX.1-dev architecture with random weights, 1024x1024, 28 steps, 1 warm-up
@@ -21,7 +22,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$work" "$out"
 nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total --format=csv > "$out/machine.txt"
 read -r -a sweep <<< "${QCO_SWEEP:-model=flux_dev_random run.device=cuda quant=none,torchao_fp8,nf4 \
-compile=regional,regional_max_autotune_quick}"
+compile=regional_max_autotune_quick attention=default,native_cudnn}"
 for pass in first second; do
   echo "=== $pass: python -m qco -m ${sweep[*]} run.repeats=1 run.quality=false"
   begin=$(date +%s)
