@@ -31,7 +31,7 @@ for pass in first second; do
     "hydra.sweep.dir=$work/$pass" >> "$out/$pass.log" 2>&1
   code=$?
   echo "exit $code after $(( $(date +%s) - begin )) s"
-  pkill -KILL -f "qco.sweep.child" 2>/dev/null  # a job cut at the deadline: its process too
+  pkill -KILL -f "qco.sweep.child" 2>/dev/null  # a job cut at the deadline: its process too (a machine of its own)
   cat "$work/$pass/sweep.md" 2>/dev/null
   [ $code -eq 0 ] || break  # the second run starts only from a whole first one (the same command resumes it)
 done 2>&1 | tee "$out/summary.txt"

@@ -105,7 +105,7 @@ def _why(failure) -> str:
 
 def _interrupt_once(signum, frame):
     """Ctrl-C reaches a rank twice: from the terminal, then from the agent stopping the group. The second would
-    cut the rank's record short while the first is being written, so it is ignored."""
+    stop the rank while it records the first (its record would stay "running"), so it is ignored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
