@@ -11,6 +11,7 @@ def main(models: str, run_dir: Path) -> None:
     from hydra import compose, initialize_config_module
 
     from qco.config import register_configs
+    from qco.models.source import resolve_source
     from qco.parallel import run_parallel
     from qco.sweep.child import typed
 
@@ -18,6 +19,7 @@ def main(models: str, run_dir: Path) -> None:
     with initialize_config_module("qco.conf", version_base="1.3"):
         cfg = typed(compose("config", overrides=[f"paths.models={models}", "run.device=cpu", "run.repeats=100",
                                                  "run.quality=false"]))
+    resolve_source(cfg.model, cfg.paths.models)  # built once before the ranks start, as qco's own process does
     run_dir.mkdir(parents=True)
     raised = {"type": None}
     try:

@@ -164,7 +164,7 @@ def test_the_scaling_table_sets_each_row_beside_degree_1(small_sweep, tmp_path):
 
 
 @pytest.mark.parametrize("stop", ["ctrl_c", "sigterm"])
-def test_a_stopped_run_stops_every_rank_and_is_recorded_as_interrupted(stop, two_ranks, models_cache, tmp_path):
+def test_a_stopped_run_stops_every_rank_and_is_recorded_as_interrupted(stop, models_cache, tmp_path):
     """Ctrl-C (SIGINT to the terminal's process group: the launching process and every rank) and SIGTERM to the
     launching process alone (a kill, a scheduler's time limit): torch's agent stops the ranks and raises its
     SignalException, which qco turns into what a run of one process gives, interrupted, so a sweep runs it again."""
