@@ -188,22 +188,53 @@ def test_gpu_lease_never_gives_one_gpu_to_two_jobs(tmp_path, monkeypatch):
     assert sorted(d for _, d in events) == ["3", "3", "5", "5"]
 
 
-def test_a_job_of_two_gpus_leases_two_free_ones_at_once(tmp_path, monkeypatch):
+def test_a_job_of_two_gpus_keeps_what_it_gets_until_it_has_both(tmp_path, monkeypatch):
+    """Jobs of one GPU cannot starve a job of two by taking each GPU as it comes free: it keeps the ones it got."""
+    import fcntl
+
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")  # three GPUs as far as the lease can tell
     with gpu_lease(tmp_path, poll_s=0.05, count=2) as pair:
         assert pair == "0,1"
         with gpu_lease(tmp_path, poll_s=0.05) as single:
             assert single == "2"  # what the pair left
-        waiting, lease = [], gpu_lease(tmp_path, poll_s=0.05, count=2)
-        thread = threading.Thread(target=lambda: waiting.append(lease.__enter__()))
-        thread.start()
-        time.sleep(0.3)
-        assert waiting == []  # one GPU is free, two are asked: it waits, holding none
-        with gpu_lease(tmp_path, poll_s=0.05) as single:
-            assert single == "2"  # the waiting job did not keep the free one while it waited
+    first, second = gpu_lease(tmp_path, poll_s=0.05), gpu_lease(tmp_path, poll_s=0.05)
+    assert (first.__enter__(), second.__enter__()) == ("0", "1")  # two jobs of one are running
+    waiting, lease = [], gpu_lease(tmp_path, poll_s=0.05, count=2)
+    thread = threading.Thread(target=lambda: waiting.append(lease.__enter__()))
+    thread.start()
+    time.sleep(0.3)
+    assert waiting == []  # one GPU is free, two are asked: it waits, and keeps the free one
+    with open(tmp_path / "gpu-2.lock", "w") as handle, pytest.raises(BlockingIOError):
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a job of one asking for a GPU would find it
+    first.__exit__(None, None, None)
     thread.join(timeout=10)
-    assert waiting == ["0,1"]  # the pair was given back, and the waiting job took both
+    assert waiting == ["0,2"]  # the GPU that came free next made two
+    second.__exit__(None, None, None)
     lease.__exit__(None, None, None)
+
+
+def test_jobs_of_two_gpus_never_wait_on_each_other(tmp_path, monkeypatch):
+    """Three GPUs, four jobs of two at once: were each to keep one GPU while it waits, they could all wait for ever.
+    One gathers at a time, so every job runs, and never with a GPU another job holds."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    held, ran = [], []
+
+    def job():
+        with gpu_lease(tmp_path, poll_s=0.02, count=2) as pair:
+            devices = pair.split(",")
+            assert len(devices) == 2 and not set(devices) & set(held)
+            held.extend(devices)
+            time.sleep(0.1)
+            for device in devices:
+                held.remove(device)
+            ran.append(pair)
+
+    threads = [threading.Thread(target=job) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(ran) == 4
 
 
 def test_objectives_for_search_sweepers():

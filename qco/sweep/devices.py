@@ -28,8 +28,10 @@ def visible_gpus() -> int:
 def gpu_lease(lock_dir: Optional[Path] = None, poll_s: float = 2.0, count: int = 1) -> Iterator[Optional[str]]:
     """Yields the CUDA_VISIBLE_DEVICES value of `count` free GPUs ("2,3" for a job of parallel.degree=2), or None
     where there is at most one GPU and one is asked for (nothing to share out: the job uses the device it names).
-    A job takes all of its GPUs at once or none: it never holds some while it waits for the rest, so two jobs of
-    two GPUs each cannot each hold one and wait for ever."""
+    A job of one GPU takes any free one. A job of several keeps each GPU it gets while it waits for the rest:
+    were it to take them only all at once, jobs of one would take each GPU as it came free and could keep it
+    waiting for the whole sweep. One such job gathers at a time (a host-wide lock, taken before any GPU), and
+    jobs of one never wait while holding a GPU, so no two jobs can wait on each other for ever."""
     total = visible_gpus()
     if total <= 1 and count <= 1 or count > total:  # more than there are: the job's own rules refuse it
         yield None
@@ -38,24 +40,32 @@ def gpu_lease(lock_dir: Optional[Path] = None, poll_s: float = 2.0, count: int =
     devices = [d.strip() for d in listed.split(",")] if listed else [str(i) for i in range(total)]
     lock_dir = lock_dir or Path(tempfile.gettempdir()) / f"qco-gpu-locks-{os.getuid()}"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    while True:
-        held = []
-        for device in devices:
+    held = {}
+    gathering = open(lock_dir / "gathering.lock", "w") if count > 1 else None
+    try:
+        if gathering:
+            fcntl.flock(gathering, fcntl.LOCK_EX)  # waits, holding no GPU, while another job gathers
+        while True:
+            for device in devices:
+                if len(held) == count or device in held:
+                    continue
+                handle = open(lock_dir / f"gpu-{device}.lock", "w")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                held[device] = handle
             if len(held) == count:
                 break
-            handle = open(lock_dir / f"gpu-{device}.lock", "w")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            held.append((device, handle))
-        try:
-            if len(held) == count:
-                yield ",".join(device for device, _ in held)
-                return
-        finally:
-            for _, handle in held:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
-        time.sleep(poll_s)
+            time.sleep(poll_s)
+        if gathering:
+            gathering.close()  # gathered: the next job of several may start gathering
+            gathering = None
+        yield ",".join(device for device in devices if device in held)
+    finally:
+        for handle in held.values():
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        if gathering:
+            gathering.close()
