@@ -164,7 +164,8 @@ RULES: List[Rule] = [
          reason="context parallelism runs one process per GPU, and fewer GPUs are visible",
          evidence="one process per GPU: two ranks on one GPU would share its memory and time and measure neither "
                   "(the visible GPUs: CUDA_VISIBLE_DEVICES, or nvidia-smi)",
-         fix="parallel.degree=<the GPUs you have>, or make more visible (CUDA_VISIBLE_DEVICES)"),
+         fix="parallel.degree=<the GPUs you have>, or make more visible (CUDA_VISIBLE_DEVICES; under "
+             "hydra/launcher=slurm, hydra.launcher.gpus_per_node=<the degree>)"),
     Rule("parallel_needs_a_context_parallel_plan",
          when=_no_context_parallel_plan,
          detail=lambda p: f"{p.denoiser_class} with parallel={p.parallel.method}",
