@@ -241,3 +241,6 @@ def register_configs() -> None:
 
     ConfigStore.instance().store(name="qco_schema", node=Config)
     register_resolvers()
+    from qco.sweep.slurm import register_launcher
+
+    register_launcher()

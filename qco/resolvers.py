@@ -4,7 +4,7 @@ SLURM job of the sweep asks for."""
 import hashlib
 import re
 import sys
-from typing import List
+from typing import List, Optional
 
 from omegaconf import OmegaConf
 
@@ -27,10 +27,16 @@ def gpu_count() -> int:
     return max(1, visible_gpus())
 
 
-def sweep_gpus(args: List[str]) -> int:
-    """The most GPUs one job of this command needs: the largest parallel.degree it sweeps, or where it names no
-    degree, the largest of its parallel options' own (conf/parallel/). A SLURM array asks every job for as many
-    (submitit takes one set of resources per sweep); each job then leases the GPUs it needs of them."""
+def sweep_gpus(args: List[str], device: str = "auto") -> Optional[int]:
+    """The most GPUs one job of this command needs: none where every job runs on the CPU (run.device=cpu: a
+    request for one would be refused by a partition without GPUs), else the largest parallel.degree it sweeps,
+    or where it names no degree, the largest of its parallel options' own (conf/parallel/). A SLURM array asks
+    every job for as many (submitit takes one set of resources per sweep); each job then leases the GPUs it
+    needs of them. `device` is run.device as the sweep composed it; a sweep over run.device is read from args."""
+    devices = [d for a in args if a.lstrip("+").startswith("run.device=")
+               for d in re.split(r"[,\s]+", a.split("=", 1)[1]) if d] or [str(device)]
+    if all(d == "cpu" for d in devices):
+        return None
     values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("parallel.degree=")]
     if not values:
         from importlib.resources import files
@@ -44,6 +50,12 @@ def sweep_gpus(args: List[str]) -> int:
     return max([1, *(int(n) for value in values for n in re.findall(r"\d+", value))])  # "1,2,4", range(1,5)
 
 
+def on_a_gpu(value, device: str = "auto"):
+    """A SLURM request that only a GPU job needs (8 CPUs and 128 GB of host memory to offload into): null for
+    run.device=cpu, so that a CPU job asks for the partition's defaults and a small CPU node can run it."""
+    return None if str(device) == "cpu" else value
+
+
 def register_resolvers() -> None:
     # qco_sweep_name: a sweep's folder is named after its command, so the same command again finds it
     # (resume). No argument and cached: resolved once from this process's command line, and Hydra
@@ -51,6 +63,9 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("qco_sweep_name"):
         OmegaConf.register_new_resolver("qco_sweep_name", lambda: sweep_name(sys.argv[1:]), use_cache=True)
     if not OmegaConf.has_resolver("qco_sweep_gpus"):
-        OmegaConf.register_new_resolver("qco_sweep_gpus", lambda: sweep_gpus(sys.argv[1:]), use_cache=True)
+        OmegaConf.register_new_resolver("qco_sweep_gpus", lambda device="auto": sweep_gpus(sys.argv[1:], device),
+                                        use_cache=True)
+    if not OmegaConf.has_resolver("qco_on_a_gpu"):
+        OmegaConf.register_new_resolver("qco_on_a_gpu", on_a_gpu)
     if not OmegaConf.has_resolver("qco_gpu_count"):
         OmegaConf.register_new_resolver("qco_gpu_count", gpu_count, use_cache=True)

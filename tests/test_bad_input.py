@@ -133,7 +133,7 @@ CASES = [
     pytest.param(["quant=null"], [["quant=null"]], 1, id="26-quant=null"),
     pytest.param(["--config-dir", "/nonexistent/conf"], [["--config-dir /nonexistent/conf", "no such folder"]], 1,
                  id="27-config-dir-missing"),
-    pytest.param(["-m", "hydra/launcher=slurm", "quant=none,int8"], [["hydra/launcher=slurm", "sbatch", "fix:"]], 1,
+    pytest.param(["-m", "hydra/launcher=slurm", "quant=none,int8"], [["hydra/launcher=slurm", "fix:"]], 1,
                  id="28-slurm-without-slurm"),
     # --- more composition errors ---
     pytest.param(["run.nonexistent_key=1"], [["run.nonexistent_key"]], 1, id="12-run.nonexistent_key=1"),

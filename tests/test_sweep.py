@@ -310,6 +310,18 @@ def test_a_slurm_job_asks_for_the_sweeps_largest_degree(args, gpus):
     assert sweep_gpus(args) == gpus
 
 
+@pytest.mark.parametrize("args, device, gpus", [
+    (["-m", "quant=none,int8"], "cpu", None),  # a CPU job asks for no GPU: a node without any would refuse it
+    (["-m", "run.device=cpu", "quant=none,int8"], "auto", None),
+    (["-m", "run.device=cpu,cuda"], "auto", 1),  # one of its jobs needs a GPU
+    (["-m", "parallel=ulysses"], "cuda", 2),
+])
+def test_a_cpu_sweep_asks_slurm_for_no_gpu(args, device, gpus):
+    from qco.resolvers import sweep_gpus
+
+    assert sweep_gpus(args, device) == gpus
+
+
 def test_a_sweep_runs_as_submitit_jobs_and_resumes(tmp_path, models_cache):
     """The SLURM launcher's path without a cluster: hydra-submitit-launcher's local executor, each job a submitit
     job in its own process, with its folders; the same command again finds every job recorded."""

@@ -16,7 +16,8 @@ TARGETS = (
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",  # Hydra's defaults
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",  # hydra/launcher=local_gpus
-    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",  # hydra/launcher=slurm
+    "hydra_plugins.qco_launcher.QcoSlurmLauncher",  # hydra/launcher=slurm
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",  # the same, as submitit ships it
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",  # the same, on this host
     "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",  # experiment=search_*
     "optuna.samplers.TPESampler",  # the Optuna sweeper's samplers (hydra/sweeper/sampler=...)

@@ -4,7 +4,6 @@ few other keys through which a config could run code or write where it likes."""
 
 import copy
 import os
-import shutil
 from typing import Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -136,12 +135,10 @@ def _sweeper_and_launcher_problems(hydra, sweep_dir: Optional[str]) -> List[str]
     if sweep_dir is not None:  # a sweep: its launcher is built
         problems += [f"hydra.launcher.{key}: required and not set; fix: add hydra.launcher.{key}=<value> to the command"
                      for key in sorted(OmegaConf.missing_keys(launcher))]
-    slurm = sweep_dir is not None and str(launcher.get("_target_", "")).endswith(".SlurmLauncher")
-    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None] if slurm else []
-    if missing:
-        problems.append(f"hydra/launcher=slurm: SLURM's {' and '.join(missing)} not on this machine's PATH, so no job could be "
-                        "submitted; fix: run the sweep on the cluster's login node, or use hydra/launcher=local_gpus "
-                        "(this host's GPUs) or no launcher")
+    if sweep_dir is not None and str(launcher.get("_target_", "")).endswith("SlurmLauncher") and not problems:
+        from qco.sweep.slurm import launcher_problems  # asks sinfo: only for a sweep the rest lets through
+
+        problems += launcher_problems(launcher)
     for key in ("submitit_folder", "temp_folder"):  # where submitit and joblib write their files
         folder = launcher.get(key)
         if folder is not None and sweep_dir and not _inside(str(folder).split("%")[0] + "x", sweep_dir):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from qco.resolvers import NOT_PART_OF_THE_NAME
 from qco.record import RESULTS, SCHEMA_VERSION, TIDY_COLUMNS, Row, Status, read_rows
 from qco.report import write_atomic, write_json_atomic, write_text_atomic
 
@@ -22,8 +23,9 @@ def load_rows(sweep_dir: Path) -> List[Row]:
     rows = read_rows(sweep_dir)
     # label each row by what sets it apart: overrides every row shares say nothing
     shared = set.intersection(*(set(r.overrides) for r in rows)) if len(rows) > 1 else set()
-    for row in rows:
-        row.job = ",".join(o for o in row.overrides if o not in shared) or row.job
+    for row in rows:  # sweep.*, hydra.*, paths.*: how and where it ran (a retry, a folder), not what ran
+        row.job = ",".join(o for o in row.overrides if o not in shared
+                           and not o.lstrip("+~").startswith(NOT_PART_OF_THE_NAME)) or row.job
     return rows
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
@@ -35,14 +35,31 @@ def run_isolated(cfg, run_dir: Path, overrides: List[str], env: Optional[Dict[st
     except (OSError, ValueError):
         record = None
     if record is None or record.status == Status.running:
-        code = process.returncode
-        why = (f"was killed by {signal.Signals(-code).name} (out of host memory, or a kill)" if code < 0
-               else f"exited with code {code}")
         from qco.runner import combination
 
-        record = Record(status=Status.failed, key=combination(cfg), overrides=list(overrides), config=config,
+        status, why, then = ended_by(process.returncode)
+        record = Record(status=status, key=combination(cfg), overrides=list(overrides), config=config,
                         started_at=record.started_at if record else time.time(), pid=record.pid if record else None,
                         finished_at=time.time(),
-                        reason=f"the job's process {why} before recording a result; its log: {run_dir / 'job.log'}")
+                        reason=f"the job's process {why} before recording a result{then}; its log: {run_dir / 'job.log'}")
         write_record(results, record)
     return record
+
+
+def ended_by(code: int) -> Tuple[Status, str, str]:
+    """What a process's exit code says about why it ended, and whether the job is to run again by itself.
+
+    SIGTERM and SIGINT ask a process to end: a scheduler's cancel, preemption or time limit (SLURM sends SIGTERM
+    first), a `kill`, Ctrl-C. The job was stopped, not broken, so it is interrupted and the same command runs it
+    again. SIGKILL is the kernel's out-of-memory killer or a hard kill; other signals (SIGSEGV, SIGABRT) and exit
+    codes are the job failing, rerun only with sweep.retry_failed=true."""
+    if code < 0 and -code in (signal.SIGTERM, signal.SIGINT):
+        return (Status.interrupted, f"was stopped by {signal.Signals(-code).name} (scancel, preemption or a time "
+                "limit, or a kill)", ": not measured; running the same command again runs it")
+    retry = "; sweep.retry_failed=true runs it again"
+    if code < 0 and -code == signal.SIGKILL:
+        return (Status.failed, "was killed by SIGKILL (the kernel's out-of-memory killer, a scheduler's hard kill, "
+                "or kill -9)", retry)
+    if code < 0:
+        return Status.failed, f"was killed by {signal.Signals(-code).name}", retry
+    return Status.failed, f"exited with code {code}", retry
