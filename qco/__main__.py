@@ -29,7 +29,10 @@ CONFIG_PATH, CONFIG_NAME = "pkg://qco.conf", "config"
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def app(cfg):
     hydra_cfg = HydraConfig.get()
-    run_dir, overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
+    from qco.report import rerun_overrides
+
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = rerun_overrides(hydra_cfg, list(hydra_cfg.overrides.task))
     if hydra_cfg.mode == RunMode.MULTIRUN:
         from qco.sweep.job import sweep_job
 

@@ -4,10 +4,11 @@ command line that runs it.
     python -m qco.recommend outputs/sweeps/<name> --memory-gib 12
     python -m qco.recommend outputs/sweeps/<name> --memory-gib 12 --min-ssim 0.9 --min-psnr 25
 
-Memory is the peak allocated GPU memory by default (--memory reserved or host for the others; a CPU
-sweep has host memory only). A run made under a memory cap (run.memory_limit_gib, experiment=fit_card) fits
-a budget at least as large as its cap: "my card has N GiB" (a "24 GB" card has 24 GiB, 2^30 bytes each). Quality is each run's SSIM and PSNR against the
-reference image of the same model, prompt and seed made with nothing applied (qco/reference.py)."""
+Memory is the peak allocated GPU memory by default, host memory for a sweep that ran on the CPU (which has
+host memory only); --memory reserved or host chooses. A run made under a memory cap (run.memory_limit_gib,
+experiment=fit_card) fits a budget at least as large as its cap: "my card has N GiB" (a "24 GB" card has
+24 GiB, 2^30 bytes each). Quality is each run's SSIM and PSNR against the reference image of the same model,
+prompt and seed made with nothing applied (qco/reference.py)."""
 
 import argparse
 import math
@@ -58,6 +59,18 @@ def _describe(row: Row, memory: str) -> str:
     return f"latency {row.latency_s:.3f} s, peak {memory} {row.memory_gib(memory):.2f} GiB{cap}{quality}"
 
 
+# what takes less memory, leanest last: suggested where a sweep has not tried it yet
+LEANER = (("quant", "nf4"), ("offload", "model"), ("offload", "group_leaf"), ("offload", "sequential"))
+
+
+def _leaner_advice(rows: List[Row]) -> str:
+    """', or sweep <options the sweep has not tried>', or '' where it tried them all."""
+    tried = {(group, getattr(row, group)) for row in rows for group in ("quant", "offload")}
+    untried = [f"{group}={option}" for group, option in LEANER if (group, option) not in tried]
+    return f", or sweep leaner options ({', '.join(untried)})" if untried else \
+        " (the sweep tried every leaner quant and offload option qco has)"
+
+
 def _bad_flags(args) -> List[str]:
     """NaN passes every comparison as false, so a NaN budget or floor would filter silently."""
     bad = []
@@ -71,12 +84,14 @@ def _bad_flags(args) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qco.recommend", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m qco.recommend", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--memory-gib", type=float, required=True,
                         help="the memory budget, in GiB (2^30 bytes: a \"24 GB\" card has 24 GiB)")
-    parser.add_argument("--memory", choices=MEMORY, default="allocated",
-                        help="which peak the budget applies to (default: allocated GPU memory)")
+    parser.add_argument("--memory", choices=MEMORY, default=None,
+                        help="which peak the budget applies to (default: allocated GPU memory, or host memory for a "
+                             "sweep that ran on the CPU)")
     parser.add_argument("--min-ssim", type=float, default=None, help="e.g. 0.9 (1.0: identical to the reference)")
     parser.add_argument("--min-psnr", type=float, default=None, help="in dB, e.g. 25")
     given = sys.argv[1:] if argv is None else list(argv)
@@ -98,8 +113,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"qco.recommend: {args.sweep_dir} is not a folder; fix: give a sweep folder "
               "(outputs/sweeps/<name>) or any folder of run folders", file=sys.stderr)
         return 2
+    rows = read_rows(args.sweep_dir)
+    if args.memory is None:  # a CPU sweep has host memory only: the budget is of that
+        gpu = any(r.status == Status.ok and r.peak_allocated_gib is not None for r in rows)
+        args.memory = "allocated" if gpu or not rows else "host"
     peak = f"peak {args.memory}"
-    best, measured = recommend(read_rows(args.sweep_dir), args.memory_gib, args.memory, args.min_ssim, args.min_psnr)
+    best, measured = recommend(rows, args.memory_gib, args.memory, args.min_ssim, args.min_psnr)
     floor = "".join([f" and SSIM >= {args.min_ssim}" if args.min_ssim is not None else "",
                      f" and PSNR >= {args.min_psnr} dB" if args.min_psnr is not None else ""])
     if best is None:
@@ -110,8 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         leanest = min(measured, key=lambda r: r.memory_gib(args.memory))
         print(f"qco.recommend: no combination in {args.sweep_dir} fits {args.memory_gib} GiB ({peak}){floor}; the "
               f"leanest is {leanest.job} at {leanest.memory_gib(args.memory):.2f} GiB; fix: raise --memory-gib"
-              f"{' or lower the quality floor' if floor else ''}, or sweep leaner options (quant=nf4, offload=model)",
-              file=sys.stderr)
+              f"{' or lower the quality floor' if floor else ''}{_leaner_advice(rows)}", file=sys.stderr)
         return 1
     print(f"fastest within {args.memory_gib} GiB ({peak}){floor}, of {len(measured)} measured: {best.job}")
     print(f"  {_describe(best, args.memory)}")

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from qco.config import Config
 from qco.record import Environment, Gpu, Record
@@ -158,8 +158,27 @@ def write_rerun_config(run_dir: Path, cfg: Config) -> None:
     header = (f"# python -m qco --config-dir {run_dir} --config-name {RERUN_CONFIG}\n"
               "# This run's config, resolved; overrides on that command line still apply.\n"
               "defaults:\n  - qco_schema\n  - _self_\n"
-              "hydra:\n  run:\n    dir: outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}\n")
+              # the job's name, as conf/config.yaml gives it: its log is qco.log, not __main__.log
+              "hydra:\n  job:\n    name: qco\n  run:\n    dir: outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}\n")
     write_text_atomic(run_dir / f"{RERUN_CONFIG}.yaml", header + resolved)
+
+
+def rerun_overrides(hydra_cfg, overrides: List[str]) -> List[str]:
+    """A run from rerun.yaml repeats the run of that folder: its record keeps that run's overrides (read from the
+    folder's results.json), with this command line's own after them, replacing any of the same key, so that a
+    table names it by its combination. Any other run: its overrides as they are."""
+    if hydra_cfg.job.config_name != RERUN_CONFIG:
+        return overrides
+    folders = [source.path for source in hydra_cfg.runtime.config_sources
+               if source.provider == "command-line" and source.schema == "file"]
+    for folder in folders:
+        try:
+            earlier = json.loads((Path(folder) / "results.json").read_text()).get("overrides") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+        return [o for o in earlier if isinstance(o, str) and o.split("=", 1)[0].lstrip("+~") not in keys] + overrides
+    return overrides
 
 
 def _gib(value) -> str:

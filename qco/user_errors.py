@@ -1,6 +1,7 @@
 """Turn the exceptions a user's command line can cause while Hydra composes into one line each:
 the key, the value, what is allowed, the fix. Anything else is a bug and keeps its traceback."""
 
+import difflib
 import errno
 from typing import List, Optional
 
@@ -42,8 +43,9 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
         group, _, option = error.missing_cfg_file.rpartition("/")
         if error.options:
             allowed = sorted(error.options)
+            nearest = (difflib.get_close_matches(option, allowed, n=1) or allowed)[0]  # nf5: nf4, not fp4
             return [f"{group}={option}: no such option; allowed: {', '.join(allowed)}; "
-                    f"fix: e.g. {group}={allowed[0]}, or add {group}/{option}.yaml through --config-dir"]
+                    f"fix: e.g. {group}={nearest}, or add {group}/{option}.yaml through --config-dir"]
         return [f"{error.missing_cfg_file}: no such config; fix: check the name and --config-dir"]
     if isinstance(error, OverrideParseException):
         return [f"{_unparsable(args) or 'an override'}: cannot parse it ({_first_line(error)}); "
@@ -69,7 +71,33 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
         if added:
             return [f"{prefix.lstrip(': ')}{message}; fix: {added} (with a '+': Hydra's way to add a key; "
                     f"{added.split('=')[0].lstrip('+').rpartition('.')[0]} takes any key)"]
+        near = _nearest_key(args, message) if unknown_key else None
+        if near:
+            fix = f"{near}, the nearest key ("
         return [f"{prefix.lstrip(': ')}{message}; fix: {fix}{SHOW_KEYS})"]
+
+
+def _nearest_key(args: List[str], message: str) -> Optional[str]:
+    """The override with the schema's key nearest to the one the command line misspelt (run.stpes=5:
+    run.steps=5), if any is near."""
+    import dataclasses
+    import typing
+
+    from qco.config import Config
+
+    for arg in args:
+        path = arg.partition("=")[0].lstrip("+~")
+        *parents, name = path.split(".")
+        if f"'{name}'" not in message:
+            continue
+        node = Config
+        for parent in parents:
+            node = typing.get_type_hints(node).get(parent) if dataclasses.is_dataclass(node) else None
+        if not dataclasses.is_dataclass(node):
+            return None
+        found = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(node)], n=1)
+        return f"{'.'.join([*parents, found[0]])}={arg.partition('=')[2]}" if found else None
+    return None
     return None
 
 

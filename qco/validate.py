@@ -5,6 +5,7 @@ check_values needs no library: it runs before torch is imported, so a mistake is
 check_names looks names up in diffusers, transformers, torch and torchao."""
 
 import dataclasses
+import difflib
 import importlib.util
 import math
 from pathlib import Path
@@ -67,7 +68,8 @@ def unknown_keys(cfg) -> List[str]:
             if path == "" and key == "hydra":
                 continue  # Hydra's own node, typed and checked by Hydra
             if key not in fields:
-                near = [f for f in fields if f[:2] == str(key)[:2]] or sorted(fields)[:4]
+                near = (difflib.get_close_matches(str(key), sorted(fields), n=1)
+                        or [f for f in fields if f[:2] == str(key)[:2]] or sorted(fields)[:4])
                 problems.append(f"{path}{key}: no such key in {schema.__name__}; fix: check the spelling "
                                 f"(e.g. {', '.join(f'{path}{n}' for n in sorted(near))}; `python -m qco --cfg job` "
                                 "prints every key)")

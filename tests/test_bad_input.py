@@ -94,7 +94,8 @@ def _after_compose(case_id, overrides, must_contain, lines=1):
 
 CASES = [
     # --- errors while Hydra composes the config ---
-    pytest.param(["quant=nf5"], [["quant=nf5", "nf4", "torchao_int8wo"]], 1, id="01-quant=nf5"),
+    pytest.param(["quant=nf5"], [["quant=nf5", "torchao_int8wo", "fix: e.g. quant=nf4"]], 1, id="01-quant=nf5"),
+    pytest.param(["run.stpes=5"], [["run.stpes", "fix: run.steps=5"]], 1, id="01b-run.stpes=5"),
     pytest.param(["compile=fast"], [["compile=fast", "max_autotune", "regional"]], 1, id="02-compile=fast"),
     pytest.param(["run.steps=abc"], [["run.steps", "abc"]], 1, id="03-run.steps=abc"),
     # --- errors found by qco's checks, refusals, load failures (after composing) ---
@@ -122,7 +123,7 @@ CASES = [
     _after_compose("17-run.memory_limit_gib=nan+-1", ["run.memory_limit_gib=nan"],
                    [["run.memory_limit_gib=nan", "finite"]]),
     _after_compose("18-run.memory_limit_gib=-1", ["run.memory_limit_gib=-1"], [["run.memory_limit_gib=-1.0", "above 0"]]),
-    _after_compose("19-++run.stpes=5", ["++run.stpes=5"], [["run.stpes", "no such key", "run.steps"]]),
+    _after_compose("19-++run.stpes=5", ["++run.stpes=5"], [["run.stpes", "no such key", "(e.g. run.steps;"]]),
     _after_compose("20-+run.x+++quant.y", ["+run.x=1", "++quant.y=2"], [["run.x"], ["quant.y"]], lines=2),
     _after_compose("21-run.seed=-1", ["run.seed=-1"], [["run.seed=-1", "18446744073709551615"]]),
     _after_compose("22-run.seed=2**64", ["run.seed=18446744073709551616"], [["run.seed=18446744073709551616"]]),

@@ -26,6 +26,9 @@ def load_rows(sweep_dir: Path) -> List[Row]:
     for row in rows:  # sweep.*, hydra.*, paths.*: how and where it ran (a retry, a folder), not what ran
         row.job = ",".join(o for o in row.overrides if o not in shared
                            and not o.lstrip("+~").startswith(NOT_PART_OF_THE_NAME)) or row.job
+    front = {id(r) for r in pareto_front(rows)}
+    for row in rows:  # every reader of the rows (sweep.csv, qco.load_sweep) sees the same front
+        row.pareto = id(row) in front
     return rows
 
 
@@ -100,10 +103,24 @@ def markdown(rows: List[Row]) -> str:
 
 
 def plot_pareto(rows: List[Row], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure = pareto_figure(rows)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+LABEL_CHARS = 40  # a point's label; the table has the whole name
+
+
+def pareto_figure(rows: List[Row]):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     done = [r for r in rows if r.status == Status.ok]
     front = sorted(pareto_front(rows), key=memory_of)
@@ -115,25 +132,33 @@ def plot_pareto(rows: List[Row], path: Path) -> None:
         points = axes.scatter([memory_of(r) for r in scored], [r.latency_s for r in scored],
                               c=[r.ssim for r in scored], cmap="viridis", vmax=1.0,
                               vmin=min(min(r.ssim for r in scored), 0.999), s=60, zorder=4)
-        figure.colorbar(points, ax=axes, label="SSIM against the reference (nothing applied)")
+        bar = figure.colorbar(points, ax=axes, pad=0.02)
+        # plain ticks: near 1.0 matplotlib would put an offset ("+9.99e-1") over the bar, onto its title
+        bar.formatter = ScalarFormatter(useOffset=False)
+        bar.update_ticks()
+        bar.set_label("SSIM against the reference (nothing applied)", labelpad=10)
     if unscored:
         axes.scatter([memory_of(r) for r in unscored], [r.latency_s for r in unscored], color="tab:gray",
                      label="no quality measured", zorder=2)
     axes.plot([memory_of(r) for r in front], [r.latency_s for r in front], "o-", color="tab:red",
               label="Pareto front", zorder=3)
+    axes.margins(x=0.08, y=0.1)
+    figure.canvas.draw()  # the limits the points set, so that each label can be turned towards the inside
+    (left, right), (bottom, top) = axes.get_xlim(), axes.get_ylim()
     for row in done:
-        axes.annotate(row.job, (memory_of(row), row.latency_s), fontsize=7, xytext=(4, 4),
-                      textcoords="offset points")
+        x, y = memory_of(row), row.latency_s
+        east, north = x < (left + right) / 2, y < (bottom + top) / 2
+        label = row.job if len(row.job) <= LABEL_CHARS else row.job[:LABEL_CHARS - 1] + "…"
+        axes.annotate(label, (x, y), fontsize=7, xytext=(4 if east else -4, 4 if north else -4),
+                      textcoords="offset points", ha="left" if east else "right",
+                      va="bottom" if north else "top")
     axes.set_xlabel("peak GPU memory allocated (GiB)" if gpu else "peak host memory (GiB)")
     axes.set_ylabel("latency per call (s)")
     failed = len(rows) - len(done)
     axes.set_title(f"latency vs memory: {len(done)} ran" + (f", {failed} refused or failed" if failed else ""))
     axes.legend()
     axes.grid(alpha=0.3)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    write_bytes_atomic(path, buffer.getvalue())
+    return figure
 
 
 def image_grid(rows: List[Row], path: Path, tile: int = 256) -> None:
@@ -165,9 +190,6 @@ def aggregate(sweep_dir: Path) -> List[Row]:
     rows = load_rows(sweep_dir)
     table = header(rows) + markdown(rows)
     write_text_atomic(sweep_dir / "sweep.md", table)
-    front = {id(r) for r in pareto_front(rows)}
-    for row in rows:
-        row.pareto = id(row) in front
     tidy = [row.tidy() for row in rows]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=TIDY_COLUMNS)

@@ -32,8 +32,9 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
         if cfg.sweep.remeasure:
             keep_earlier_record(run_dir)
         if record is not None:
-            log.info("Skipping %s: already recorded as %s (sweep.retry_failed=true reruns failed ones)",
-                     run_dir.name, record.status)
+            log.info("Skipping %s: already recorded as %s (%s)", run_dir.name, record.status,
+                     "sweep.retry_failed=true runs it again" if record.status == Status.failed
+                     else "sweep.remeasure=true measures it again")
             return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gib)
         record = refused_in_advance(cfg, run_dir, overrides) or fits_a_smaller_cap(cfg, run_dir, overrides)
         if record is None:
@@ -44,7 +45,7 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
                 if device is not None:
                     log.info("Job %s runs on GPU %s", run_dir.name, device)
                 record = run_isolated(cfg, run_dir, overrides, env)
-        log.info("Job %s: %s %s", run_dir.name, record.status, record.reason)
+        log.info("Job %s: %s", run_dir.name, outcome(record))
     return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gib)
 
 
@@ -63,6 +64,9 @@ def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[Rec
         target = target_without_cuda(cfg.run.device)
         if target is None:
             return None
+        from qco.console import quiet_libraries
+
+        quiet_libraries(cfg.run.library_logs)  # their import-time warnings, as in a job's own process
         from qco.execute import check_and_plan  # torch and diffusers, once per launcher process
         from qco.fit import check_fits
         from qco.models.source import present_source
@@ -135,6 +139,14 @@ def job_lock(run_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def outcome(record: Record) -> str:
+    """A record's status and reason as one phrase: "refused before loading ..." rather than "refused refused ..."."""
+    reason = (record.reason or "").strip()
+    if not reason:
+        return str(record.status)
+    return reason if reason.startswith(str(record.status)) else f"{record.status}: {reason}"
 
 
 def objectives(record: Record, names: List[str], budget_gib) -> Union[float, Tuple[float, ...]]:

@@ -177,7 +177,7 @@ def _record_the_end(config, run_dir: Path, overrides: List[str], job_id: str, st
     if earlier is not None:
         record.started_at, record.pid = earlier.started_at, earlier.pid
         write_record(run_dir / RESULTS, record)
-    log.warning("Job %s: %s %s", run_dir.name, status, reason)
+    log.warning("Job %s: %s: %s", run_dir.name, status, reason)
     return record
 
 
