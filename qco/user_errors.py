@@ -73,13 +73,13 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
                     f"{added.split('=')[0].lstrip('+').rpartition('.')[0]} takes any key)"]
         near = _nearest_key(args, message) if unknown_key else None
         if near:
-            fix = f"{near}, the nearest key ("
+            fix = f"check the key's name, e.g. {near} ("
         return [f"{prefix.lstrip(': ')}{message}; fix: {fix}{SHOW_KEYS})"]
 
 
 def _nearest_key(args: List[str], message: str) -> Optional[str]:
     """The override with the schema's key nearest to the one the command line misspelt (run.stpes=5:
-    run.steps=5), if any is near."""
+    run.steps=5; of a table, its name alone: compile.inductr=1: compile.inductor), if any is near."""
     import dataclasses
     import typing
 
@@ -95,8 +95,14 @@ def _nearest_key(args: List[str], message: str) -> Optional[str]:
             node = typing.get_type_hints(node).get(parent) if dataclasses.is_dataclass(node) else None
         if not dataclasses.is_dataclass(node):
             return None
-        found = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(node)], n=1)
-        return f"{'.'.join([*parents, found[0]])}={arg.partition('=')[2]}" if found else None
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        found = difflib.get_close_matches(name, list(fields), n=1)
+        if not found:
+            return None
+        key = ".".join([*parents, found[0]])
+        kind = typing.get_type_hints(node)[found[0]]
+        table = dataclasses.is_dataclass(kind) or typing.get_origin(kind) is dict  # takes keys, not this value
+        return key if table else f"{key}={arg.partition('=')[2]}"
     return None
     return None
 

@@ -26,6 +26,17 @@ os.environ.setdefault("QCO_COMPILE_CACHE", tempfile.mkdtemp(prefix="qco-compile-
 
 register_configs()
 
+# fixtures that run a pipeline, a sweep or a service once for their module or session: a test that asks for one
+# is slow (the quick tier, `python -m pytest -m "not slow"`, leaves it out) however quick its own body is
+SLOW_FIXTURES = {"small_sweep", "comparison", "two_sweeps", "runs", "default_run", "installed", "two_ranks",
+                 "quality_sweep", "written", "cluster"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def models_cache(tmp_path_factory) -> Path:

@@ -33,6 +33,7 @@ def test_a_mistake_raises_the_command_lines_words(override, text, tmp_path):
     assert text in error.value.lines[0] and "fix:" in error.value.lines[0]
 
 
+@pytest.mark.slow
 def test_load_sweep_reads_the_rows(tmp_path, models_cache):
     for name, quant in (("a", "none"), ("b", "int8")):
         qco.run([f"quant={quant}", "run.repeats=1", "run.device=cpu", "run.quality=false",

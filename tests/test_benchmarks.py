@@ -25,6 +25,7 @@ def comparison(tmp_path_factory, models_cache):
     return out, result
 
 
+@pytest.mark.slow
 def test_both_sides_measured_on_the_same_weights(comparison):
     out, result = comparison
     rows = {r["row"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
@@ -68,6 +69,7 @@ def test_rerun_skips_measured_rows_and_reproduce_reads_two_runs(comparison, tmp_
     assert line.split("|")[2].strip() == "+0.0" and line.split("|")[3].strip() == "+10.0"
 
 
+@pytest.mark.slow
 def test_on_a_fresh_machine_qco_builds_the_model_before_the_plain_side_loads_it(comparison, tmp_path):
     """Resuming where only the second row is left, with an empty model cache: that row's turn is plain
     first, but the plain script cannot load a model qco has not built yet, so qco goes first."""
@@ -98,6 +100,7 @@ def _preset_rows():
     return rows, order
 
 
+@pytest.mark.slow
 def test_presets_script_rows_compose_and_pass_the_rules_for_an_h200(make_cfg):
     """Each row of the GPU presets script is a valid qco command for the card it is meant for: its
     overrides compose, pass qco's checks and are not refused on an H200 (a bad row costs device time)."""

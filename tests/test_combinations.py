@@ -23,6 +23,7 @@ def _refusal(quant, offload):
 
 
 @pytest.mark.parametrize("quant,offload", list(itertools.product(QUANTS, OFFLOADS)))
+@pytest.mark.slow
 def test_quant_x_offload_on_cpu(quant, offload, make_cfg):
     cfg = make_cfg(f"quant={quant}", f"offload={offload}", "run.device=cpu")
     refusal = _refusal(quant, offload)
@@ -63,6 +64,7 @@ def _compiled(module) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None
 
 
+@pytest.mark.slow
 def test_card_example_nf4_max_autotune_model_offload(make_cfg):
     """The design card's own example, on CPU: fullgraph is dropped across the offload hooks."""
     cfg = make_cfg("quant=nf4", "compile=max_autotune", "offload=model", "run.device=cpu")
@@ -78,6 +80,7 @@ def test_card_example_nf4_max_autotune_model_offload(make_cfg):
         assert_real_image(generate(pipe, cfg, plan)[0])
 
 
+@pytest.mark.slow
 def test_regional_compile_compiles_each_block(make_cfg):
     cfg = make_cfg("compile=regional", "run.device=cpu")
     plan, pipe = build(cfg)

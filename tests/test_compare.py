@@ -40,6 +40,7 @@ def two_sweeps(tmp_path_factory, models_cache):
     return cwd
 
 
+@pytest.mark.slow
 def test_tidy_tables_have_a_column_per_group_and_the_same_key_in_every_sweep(two_sweeps):
     keys = {}
     for name in ("a", "b"):
@@ -71,6 +72,7 @@ def test_compare_says_in_one_line_when_nothing_is_shared(two_sweeps, tmp_path):
     assert result.returncode == 2 and "holds no run folder" in result.stderr and "fix:" in result.stderr
 
 
+@pytest.mark.slow
 def test_remeasure_measures_recorded_jobs_again_and_keeps_the_earlier_record(two_sweeps, models_cache):
     (job,) = [p for p in (two_sweeps / "a").iterdir() if p.name.startswith("quant=none,")]
     finished = json.loads((job / "results.json").read_text())["finished_at"]

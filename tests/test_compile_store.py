@@ -51,6 +51,7 @@ def runs(tmp_path_factory, models_cache):
     return tmp, store, damaged, records
 
 
+@pytest.mark.slow
 def test_cold_runs_keep_what_they_compiled_and_two_writers_leave_one_whole_artifact(runs):
     from qco.models.build import damage
 
@@ -112,6 +113,7 @@ def test_the_sweep_table_says_warm_or_cold(runs):
 
 @pytest.mark.parametrize("change", ["run.height=96", "run.batch=2", "run.dtype=float16", "compile=default",
                                     "quant=int8", "tweaks=fuse_qkv", "offload=model", "compile.fullgraph=false"])
+@pytest.mark.slow
 def test_what_the_graphs_depend_on_changes_the_key(change, make_cfg):
     def folder(*overrides):
         cfg = make_cfg(*RUN, *overrides)

@@ -112,6 +112,7 @@ CODE_CASES = {
 
 
 @pytest.mark.parametrize("files,args,key", CODE_CASES.values(), ids=CODE_CASES.keys())
+@pytest.mark.slow
 def test_what_a_config_would_build_is_checked(files, args, key, tmp_path, models_cache):
     marker = tmp_path / MARKER
     conf = tmp_path / "conf"
@@ -218,6 +219,7 @@ def test_files_the_command_does_not_select_are_not_read(tmp_path, models_cache):
     assert result.returncode == 0 and "tiny_flux" in result.stdout, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_every_kind_of_sweep_override_works(tmp_path, models_cache):
     args = ["-m", "quant=glob(no*)", "offload=choice(none)", "run.seed=range(0,2)", "run.dry_run=true"]
     result = qco_cli(args, tmp_path, models_cache, timeout=600)
@@ -226,6 +228,7 @@ def test_every_kind_of_sweep_override_works(tmp_path, models_cache):
     assert folders == {f"offload=none,quant=none,run.dry_run=True,run.seed={seed}" for seed in (0, 1)}, folders
 
 
+@pytest.mark.slow
 def test_optuna_interval_and_tag_overrides_work(tmp_path, models_cache):
     args = ["-m", "experiment=search_pareto", "hydra.sweeper.n_trials=2", "run.dry_run=true",
             "run.guidance=tag(log, interval(1.0, 5.0))", "hydra.sweeper.params.compile=none",
@@ -237,6 +240,7 @@ def test_optuna_interval_and_tag_overrides_work(tmp_path, models_cache):
                                       for n in guidance), guidance
 
 
+@pytest.mark.slow
 def test_packaged_commands_pass_the_check():
     """The check itself, in process, on commands that must run: a sweep with no overrides (its jobs'
     folder is the sweep's own), the packaged experiments and launchers."""

@@ -15,12 +15,14 @@ def default_run(tmp_path_factory, models_cache):
     return qco_cli(["quant=nf4", "run.repeats=1", "run.device=cpu", "run.quality=false"], cwd, models_cache)
 
 
+@pytest.mark.slow
 def test_a_default_run_prints_no_library_warnings_or_loading_bars(default_run):
     assert default_run.returncode == 0, default_run.stderr[-2000:]
     output = default_run.stdout + default_run.stderr
     assert [noise for noise in LIBRARY_NOISE if noise in output] == []
 
 
+@pytest.mark.slow
 def test_one_setting_turns_them_back_on(tmp_path, models_cache):
     result = qco_cli(["run.repeats=1", "run.device=cpu", "run.quality=false", "run.library_logs=true"], tmp_path,
                      models_cache)

@@ -13,6 +13,7 @@ def _attentions(pipe):
     return [m for m in pipe.transformer.modules() if hasattr(m, "fused_projections")]
 
 
+@pytest.mark.slow
 def test_fuse_qkv(make_cfg):
     cfg = make_cfg("tweaks=fuse_qkv", "run.device=cpu")
     plan, pipe = build(cfg)
@@ -30,6 +31,7 @@ def test_vae_channels_last(make_cfg):
     assert_real_image(generate(pipe, cfg, plan)[0])
 
 
+@pytest.mark.slow
 def test_attention_backend(make_cfg):
     cfg = make_cfg("attention=native", "run.device=cpu")
     plan, pipe = build(cfg)
@@ -39,6 +41,7 @@ def test_attention_backend(make_cfg):
 
 
 @pytest.mark.parametrize("cache", ["first_block", "taylorseer"])
+@pytest.mark.slow
 def test_step_cache(cache, make_cfg):
     cfg = make_cfg(f"cache={cache}", "run.device=cpu", "run.steps=8")
     plan, pipe = build(cfg)
@@ -56,6 +59,7 @@ def test_torchao_quantizes_after_fusion(make_cfg):
     assert_real_image(generate(pipe, cfg, plan)[0])
 
 
+@pytest.mark.slow
 def test_step_cache_with_compile_runs_without_fullgraph(make_cfg):
     """The recipes' flags and max-autotune (without CUDA graphs) in a regional compile, with a step cache."""
     cfg = make_cfg("compile=regional_max_autotune", "cache=first_block", "run.device=cpu", "run.steps=4")
@@ -66,6 +70,7 @@ def test_step_cache_with_compile_runs_without_fullgraph(make_cfg):
     assert_real_image(generate(pipe, cfg, plan)[0])
 
 
+@pytest.mark.slow
 def test_an_inductor_flag_changes_what_the_mode_sets(make_cfg):
     """torch applies a mode's own flags while it compiles, over any set before: a flag the mode also sets goes to
     torch.compile with the mode's other flags, as options, or it would be ignored. (Coordinate descent tuning

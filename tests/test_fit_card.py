@@ -41,6 +41,7 @@ def pixels(images):
     return [np.asarray(image) for image in images]
 
 
+@pytest.mark.slow
 def test_quantized_components_are_kept_once_and_loaded_after(tmp_path, make_cfg, quantize_calls):
     cfg = make_cfg("quant=nf4", f"paths.quantized={tmp_path}", "run.device=cpu")
     plan, pipe = build(cfg)
@@ -76,6 +77,7 @@ def test_a_damaged_copy_is_rebuilt_never_loaded(tmp_path, make_cfg, quantize_cal
 
 
 @pytest.mark.parametrize("change", [["quant=fp4"], ["quant.components=[transformer]"], ["run.dtype=float32"]])
+@pytest.mark.slow
 def test_changed_settings_are_a_new_copy(change, tmp_path, make_cfg, quantize_calls):
     build(make_cfg("quant=nf4", f"paths.quantized={tmp_path}", "run.device=cpu"))
     quantize_calls.clear()
@@ -122,6 +124,7 @@ def test_model_offload_keeps_one_host_copy_across_calls(make_cfg):
     assert all((a == b).all() for a, b in zip(pixels(first), pixels(second)))
 
 
+@pytest.mark.slow
 def test_model_offload_matches_no_offload(make_cfg):
     cfg = make_cfg("quant=nf4", "run.device=cpu")
     plan, pipe = build(cfg)
@@ -168,6 +171,7 @@ def test_four_bit_state_hook_sits_inside_group_offload(make_cfg):
      ["offload=", "run.height"]),
     (["quant=nf4", "offload=group_leaf"], "load and placement", [], ["quant=", "offload="]),
 ])
+@pytest.mark.slow
 def test_out_of_memory_advice_names_the_next_step(overrides, phase, expected, absent, make_cfg):
     steps = " | ".join(next_steps(make_cfg(*overrides), phase))
     for text in expected:
@@ -223,6 +227,7 @@ def test_card_names_the_fastest_under_each_cap(card_sweep):
     assert {r.moved_gib_per_call for r in rows if r.status == "ok"} == {190.0}
 
 
+@pytest.mark.slow
 def test_aggregate_writes_the_card_with_each_caps_command(card_sweep):
     from qco.sweep.aggregate import aggregate
 
@@ -252,6 +257,7 @@ def test_recommend_answers_my_card_has_n_gib(card_sweep, capsys):
     assert recommend_main([str(card_sweep), "--memory-gib", "3"]) == 1
 
 
+@pytest.mark.slow
 def test_a_memory_cap_on_a_cpu_is_refused_in_one_line(tmp_path, models_cache):
     result = qco_cli(["run.memory_limit_gib=4", "run.device=cpu"], tmp_path, models_cache)
     (line,) = error_lines(result)
@@ -259,6 +265,7 @@ def test_a_memory_cap_on_a_cpu_is_refused_in_one_line(tmp_path, models_cache):
     assert "memory_cap_needs_cuda" in line and "fix:" in line
 
 
+@pytest.mark.slow
 def test_fit_card_sweep_on_a_cpu_refuses_every_job_without_starting_one(tmp_path, models_cache):
     # the packaged experiment at one of its caps (all six would take 48 jobs, each refused the same way)
     result = qco_cli(["-m", "experiment=fit_card", "model=tiny_flux", "run.device=cpu",
@@ -287,6 +294,7 @@ def test_torchao_components_are_kept_too(tmp_path, make_cfg):
     assert all((a == b).all() for a, b in zip(pixels(first), pixels(generate(pipe, cfg, plan))))
 
 
+@pytest.mark.slow
 def test_kept_torchao_components_run_compiled_on_a_cpu(tmp_path, make_cfg):
     """Read from safetensors in place, kept torchao weights crashed compiled CPU kernels (a segfault: this test's
     worker died, exit -11); copied into memory of their own they run."""

@@ -76,6 +76,7 @@ def test_pickled_weights_are_never_loaded(tmp_path, make_cfg):
     (lambda data: data[:100], "bytes"),  # cut short
     (lambda data: data[:len(data) // 2] + bytes(255 - b for b in data[len(data) // 2:]), "sha256"),  # same size
 ])
+@pytest.mark.slow
 def test_damaged_model_cache_is_detected_and_rebuilt(damage, why, tmp_path):
     store, args = tmp_path / "store", ["model=tiny_sd3", "run.repeats=1", "run.device=cpu", "run.quality=false"]
     assert qco(args, tmp_path, store).returncode == 0  # builds it
@@ -92,6 +93,7 @@ def test_damaged_model_cache_is_detected_and_rebuilt(damage, why, tmp_path):
     assert entry["bytes"] == len(written) and entry["sha256"] == hashlib.sha256(written).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_killed_build_leaves_nothing_the_next_build_keeps(make_cfg, tmp_path):
     store = tmp_path / "store"
     folder = built_folder(make_cfg("model=tiny_sd3").model, str(store))
@@ -104,6 +106,7 @@ def test_a_killed_build_leaves_nothing_the_next_build_keeps(make_cfg, tmp_path):
     assert sorted(p.name for p in store.iterdir() if p.is_dir()) == [folder.name]
 
 
+@pytest.mark.slow
 def test_an_unwritable_model_store_is_one_line_naming_its_setting(tmp_path, models_cache):
     (tmp_path / "a_file").write_text("not a folder")
     result = qco(["run.repeats=1"], tmp_path, tmp_path / "a_file" / "models")
@@ -123,6 +126,7 @@ MODEL_ARGS = ["model=flux_dev", "run.height=64", "run.width=64", "run.steps=2", 
 
 
 @pytest.mark.parametrize("component", ["transformer", "text_encoder_2"])
+@pytest.mark.slow
 def test_truncated_weights_are_one_line(component, make_cfg, tmp_path, models_cache):
     folder = _model_copy(make_cfg, tmp_path)
     weights = next((folder / component).glob("*.safetensors"))
@@ -139,6 +143,7 @@ def test_truncated_weights_are_one_line(component, make_cfg, tmp_path, models_ca
     ('{"_class_name": "FluxPipeline", "transformer": "diffusers"}', "not a [library, class] pair"),
     ('{"_class_name": "FluxPipeline", "transformer": ["diffusers", "os"]}', "names diffusers.os for transformer"),
 ])
+@pytest.mark.slow
 def test_a_bad_model_index_is_one_line(index, needle, make_cfg, tmp_path, models_cache):
     folder = _model_copy(make_cfg, tmp_path)
     (folder / "model_index.json").write_text(index)
@@ -152,6 +157,7 @@ WRONG_SHAPES = ['[]', '{"status": "ok"}', '{"status": "ok", "timings": {"latency
 
 
 @pytest.mark.parametrize("content", WRONG_SHAPES)
+@pytest.mark.slow
 def test_a_results_file_of_the_wrong_shape_is_read_as_unreadable(content, small_sweep, tmp_path, models_cache):
     sweep = tmp_path / "sweep"
     shutil.copytree(next((small_sweep / "outputs" / "sweeps").iterdir()), sweep)
@@ -167,6 +173,7 @@ def test_a_results_file_of_the_wrong_shape_is_read_as_unreadable(content, small_
     assert good.parent.name.split(",")[0] in recommended.stdout
 
 
+@pytest.mark.slow
 def test_resume_reruns_a_results_file_of_the_wrong_shape(small_sweep, tmp_path, models_cache):
     sweep = copy_sweep(small_sweep, tmp_path)
     (bad,) = [p for p in sweep.glob("*/results.json") if "int8" in p.parent.name]
@@ -232,6 +239,7 @@ def test_unwritable_output_is_one_line_and_harms_nothing(tmp_path, models_cache)
     assert blocker.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_running_out_of_host_memory_names_the_phase(tmp_path, models_cache):
     """A real allocation failure: the job's address space is capped after the imports."""
     script = textwrap.dedent("""
@@ -256,6 +264,7 @@ def test_running_out_of_host_memory_names_the_phase(tmp_path, models_cache):
     assert record["status"] == "failed" and "warm-up call 1" in record["reason"]
 
 
+@pytest.mark.slow
 def test_damaged_results_file_in_a_sweep_is_rerun(small_sweep, tmp_path, models_cache):
     args = SMALL_SWEEP
     sweep = copy_sweep(small_sweep, tmp_path)
@@ -270,6 +279,7 @@ def test_damaged_results_file_in_a_sweep_is_rerun(small_sweep, tmp_path, models_
     assert intact.read_bytes() == kept
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_results_whole_and_a_rerun_completes_the_sweep(tmp_path, models_cache):
     import signal
     import time

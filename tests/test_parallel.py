@@ -115,6 +115,7 @@ def two_ranks(tmp_path_factory, models_cache):
     return run_dir, run_parallel(cfg, run_dir, ["run.repeats=1"], world_size=2), cfg
 
 
+@pytest.mark.slow
 def test_rank_0_records_the_run_and_every_rank_ran_with_the_same_seed(two_ranks):
     from qco.record import row_of
 
@@ -130,6 +131,7 @@ def test_rank_0_records_the_run_and_every_rank_ran_with_the_same_seed(two_ranks)
     assert len(logs) == 2 and any("results:" in path.read_text() for path in logs)  # each rank's output is kept
 
 
+@pytest.mark.slow
 def test_a_failed_rank_fails_the_run_with_its_reason_and_leaves_no_process(two_ranks, tmp_path):
     _, _, cfg = two_ranks
     run_dir = tmp_path / "run"
@@ -164,6 +166,7 @@ def test_the_scaling_table_sets_each_row_beside_degree_1(small_sweep, tmp_path):
 
 
 @pytest.mark.parametrize("stop", ["ctrl_c", "sigterm"])
+@pytest.mark.slow
 def test_a_stopped_run_stops_every_rank_and_is_recorded_as_interrupted(stop, models_cache, tmp_path):
     """Ctrl-C (SIGINT to the terminal's process group: the launching process and every rank) and SIGTERM to the
     launching process alone (a kill, a scheduler's time limit): torch's agent stops the ranks and raises its

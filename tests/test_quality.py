@@ -84,6 +84,7 @@ def _run(make_cfg, tmp_path, references, *overrides):
     return run(cfg, tmp_path, list(overrides)), cfg
 
 
+@pytest.mark.slow
 def test_the_reference_is_a_run_with_nothing_applied_made_once(make_cfg, tmp_path):
     references = tmp_path / "references"
     quantized, _ = _run(make_cfg, tmp_path / "int8", references, "quant=torchao_int8wo")
@@ -145,6 +146,7 @@ def quality_sweep(tmp_path_factory, models_cache):
     return sweep
 
 
+@pytest.mark.slow
 def test_sweep_table_has_quality_and_the_picture_is_coloured_by_it(quality_sweep):
     table = (quality_sweep / "sweep.md").read_text()
     header, *cells = table_rows(table)
@@ -206,6 +208,7 @@ def test_recommend_refuses_budgets_and_floors_that_are_not_numbers(flags, needle
     assert result.returncode == 2 and len(lines) == 1 and needle in lines[0] and "fix:" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_damaged_reference_is_made_again(make_cfg, tmp_path):
     references = tmp_path / "references"
     first, _ = _run(make_cfg, tmp_path / "a", references, "quant=torchao_int8wo")

@@ -40,6 +40,7 @@ def _keys(data, path=""):
             yield from _keys(value, f"{path}.{key}")
 
 
+@pytest.mark.slow
 def test_what_a_run_returns_is_what_it_wrote_and_every_field_is_typed(written):
     sweep, returned = written
     path = sweep / "job" / "results.json"
@@ -140,6 +141,7 @@ def test_upgrading_keeps_a_current_record_as_it_is():
 @pytest.mark.parametrize("old, new", [
     ("run.memory_limit_gb=8", "fix: run.memory_limit_gib=8"), ("sweep.memory_budget_gb=12", "fix: sweep.memory_budget_gib=12"),
 ])
+@pytest.mark.slow
 def test_an_old_memory_key_on_the_command_line_is_told_its_new_name(old, new):
     from tests.test_configs import _one_line
 

@@ -96,6 +96,7 @@ def test_group_offload_streams_follow_the_device(make_cfg):
     (H200, ["offload=group_leaf", "offload.use_stream=false", "offload.record_stream=true"],
      "record_stream_needs_stream"),
 ])
+@pytest.mark.slow
 def test_refusals(target, overrides, rule, make_cfg):
     with pytest.raises(QcoError, match=rule) as error:
         plan_for(make_cfg, target, *overrides)

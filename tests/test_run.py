@@ -47,6 +47,7 @@ def test_quantized_components_are_smaller(make_cfg, tmp_path):
     assert nf4.memory.components_gib["vae"] == plain.memory.components_gib["vae"]
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_identical_image(make_cfg, tmp_path):
     overrides = ["quant=int8", "run.repeats=1", "run.device=cpu"]
     run(make_cfg(*overrides), tmp_path / "first")
@@ -70,6 +71,7 @@ def test_hub_model_config_runs_from_a_local_copy(make_cfg, tmp_path):
     assert record.status == "ok" and record.plan["load"]["source"] == str(folder)
 
 
+@pytest.mark.slow
 def test_built_model_is_cached_with_its_marker(make_cfg, tmp_path):
     cfg = make_cfg("model=tiny_sd3", "run.repeats=1", "run.device=cpu")
     run(cfg, tmp_path / "one")
@@ -105,6 +107,7 @@ def test_refused_run_records_its_reason(make_cfg, tmp_path):
     assert saved["status"] == "refused" and "sequential_needs_accelerator" in saved["reason"]
 
 
+@pytest.mark.slow
 def test_a_run_killed_without_cleanup_leaves_a_record_that_says_so(tmp_path, models_cache):
     """kill -9 (or a native crash) skips every finally: the record written at the start remains, and
     the table says what it means."""

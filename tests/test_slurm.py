@@ -192,3 +192,20 @@ def test_sbatch_without_a_controller_is_one_line(cluster, tmp_path, models_cache
     (line,) = error_lines(result)
     assert "hydra/launcher=slurm" in line and "sinfo" in line and "fix:" in line, line
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_ctrl_c_names_the_jobs_left_in_slurm(cluster, tmp_path, models_cache):
+    """Ctrl-C in the sweep's process stops only that process: its jobs go on in SLURM, and it says which."""
+    args = [*SWEEP[:-1], "hydra.launcher.array_parallelism=1", "run.repeats=20", "hydra.sweep.dir=sweep"]
+    process = start_sweep(args, tmp_path, models_cache, cluster)
+    job = running_job(cluster, tmp_path / "sweep", "quant=none")
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    array = job.split("_")[0]
+    try:
+        assert process.returncode != 0
+        (named,) = [line for line in (out + err).splitlines() if "still queued or running" in line]
+        assert f"{array}_0 RUNNING" in named and f"scancel {array}" in named, named
+        assert "Traceback" not in err, err[-3000:]
+    finally:
+        cluster.client("scancel", array, check=False)

@@ -37,6 +37,7 @@ def job(jobs: dict, *overrides: str) -> dict:
     return record
 
 
+@pytest.mark.slow
 def test_multirun_writes_table_picture_and_grid(tmp_path, models_cache):
     result = qco(["-m", "quant=none,nf4", "offload=none,sequential", "run.repeats=1", "run.device=cpu"],
                  tmp_path, models_cache)
@@ -80,6 +81,7 @@ def test_multirun_writes_table_picture_and_grid(tmp_path, models_cache):
     assert sorted(statuses) == ["ok", "refused", "refused", "unreadable"]
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_loss_or_repeats(tmp_path, models_cache):
     args = ["-m", "quant=none,int8,fp4", "run.repeats=1", "run.device=cpu"]
     env = {**os.environ, "QCO_MODEL_CACHE": str(models_cache), "HF_HUB_OFFLINE": "1"}
@@ -108,6 +110,7 @@ def test_killed_sweep_resumes_without_loss_or_repeats(tmp_path, models_cache):
     assert "Skipping" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_failed_rows_rerun_only_when_asked(small_sweep, tmp_path, models_cache):
     args = SMALL_SWEEP
     sweep = copy_sweep(small_sweep, tmp_path)
@@ -125,6 +128,7 @@ def test_failed_rows_rerun_only_when_asked(small_sweep, tmp_path, models_cache):
     assert job(again, "quant=none")["pid"] == ok_pid
 
 
+@pytest.mark.slow
 def test_local_launcher_runs_jobs_side_by_side(tmp_path, models_cache):
     result = qco(["-m", "hydra/launcher=local_gpus", "hydra.launcher.n_jobs=2", "quant=none,int8",
                   "run.repeats=2", "run.device=cpu"], tmp_path, models_cache)
@@ -135,6 +139,7 @@ def test_local_launcher_runs_jobs_side_by_side(tmp_path, models_cache):
     assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]  # they overlapped
 
 
+@pytest.mark.slow
 def test_run_reruns_from_its_own_directory(tmp_path, models_cache):
     # a prompt that holds OmegaConf's interpolation syntax, escaped on the command line, stays literal
     prompt = r"run.prompt='a \${cat} on a \\\${mat}'"
@@ -153,6 +158,7 @@ def test_run_reruns_from_its_own_directory(tmp_path, models_cache):
                           np.asarray(Image.open(rerun_dir / "image_0.png")))
 
 
+@pytest.mark.slow
 def test_optuna_search_under_a_memory_budget(tmp_path, models_cache):
     """experiment=search_under_budget for real (2 trials, no compile to keep it short)."""
     missing = qco(["-m", "experiment=search_under_budget"], tmp_path, models_cache)
@@ -262,6 +268,7 @@ def test_pareto_front():
     assert [r.job for r in pareto_front(rows)] == ["a", "b", "d"]
 
 
+@pytest.mark.slow
 def test_a_sweep_the_rules_refuse_whole_starts_no_job_and_fails(tmp_path, models_cache):
     result = qco(["-m", "quant=torchao_fp8", "offload=none,sequential", "run.device=cpu"], tmp_path, models_cache)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -275,6 +282,7 @@ def test_a_sweep_the_rules_refuse_whole_starts_no_job_and_fails(tmp_path, models
     assert all((sweep / name / "rerun.yaml").is_file() for name in jobs)
 
 
+@pytest.mark.slow
 def test_two_sweeps_on_one_folder_never_measure_a_job_at_once(tmp_path, models_cache):
     args = ["-m", "quant=none,int8", "run.repeats=40", "run.device=cpu", "run.quality=false"]
     env = {**os.environ, "QCO_MODEL_CACHE": str(models_cache), "HF_HUB_OFFLINE": "1"}
@@ -322,6 +330,7 @@ def test_a_cpu_sweep_asks_slurm_for_no_gpu(args, device, gpus):
     assert sweep_gpus(args, device) == gpus
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_as_submitit_jobs_and_resumes(tmp_path, models_cache):
     """The SLURM launcher's path without a cluster: hydra-submitit-launcher's local executor, each job a submitit
     job in its own process, with its folders; the same command again finds every job recorded."""

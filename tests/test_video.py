@@ -49,6 +49,7 @@ def gif_frames(path):
     ("nf4", "group_mixed", "none"),  # UMT5 and the VAE by layers, the transformer by blocks; the 4-bit state hook
     ("none", "none", "regional"),  # WanTransformer3DModel lists _repeated_blocks; about 15 s cold
 ])
+@pytest.mark.slow
 def test_tiny_wan_run_writes_a_real_video(quant, offload, compile_, make_cfg, composed, tmp_path):
     overrides = ["model=tiny_wan", f"quant={quant}", f"offload={offload}", f"compile={compile_}"]
     cfg = make_cfg(*overrides, "run.repeats=1", "run.device=cpu")
@@ -133,6 +134,7 @@ def stored_elements(module) -> int:
 
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("model/*_random.yaml")), ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_full_size_recipe_is_the_published_architecture(path, make_cfg):
     model = make_cfg(f"model={path.stem}").model
     assert path.stem in PUBLISHED, f"{path.stem}: add its published parameter counts to PUBLISHED"
