@@ -147,9 +147,9 @@ def _result_or_record(launcher, job_id: str, overrides: Sequence[str], job_num: 
 
 def _record_the_end(config, run_dir: Path, overrides: List[str], job_id: str, state: str, log_path: Path,
                     timeout_min: Optional[int]):
-    """The record of a job SLURM ended without a result. A record the job's own process wrote as it ended (a
-    SIGTERM it saw: interrupted) is kept and only told what SLURM said; a job that never started, or whose
-    process was killed before it could write, gets one here."""
+    """The record of a job SLURM ended without a result. A finished record already there (the job's process
+    wrote it as SIGTERM stopped it, or an earlier sweep did) is kept untouched; a job that never started, or
+    whose process was killed before it could write, gets one here."""
     from qco.record import RESULTS, Status, read_record, write_record
     from qco.runner import record_without_running
 
@@ -169,10 +169,8 @@ def _record_the_end(config, run_dir: Path, overrides: List[str], job_id: str, st
         earlier = read_record(run_dir / RESULTS)
     except (OSError, ValueError):
         earlier = None
-    if earlier is not None and earlier.status not in (Status.running,):
-        earlier.reason = f"{earlier.reason} ({said})" if said not in (earlier.reason or "") else earlier.reason
-        write_record(run_dir / RESULTS, earlier)
-        return earlier
+    if earlier is not None and earlier.status != Status.running:
+        return earlier  # the job's own word (interrupted by SIGTERM, say), or an earlier sweep's record: kept as is
     record = record_without_running(config, run_dir, overrides, status, reason)
     if earlier is not None:
         record.started_at, record.pid = earlier.started_at, earlier.pid
