@@ -2,13 +2,12 @@
 answers, the Pareto picture, the sweep's log lines, a rerun's record, a job's end as its status says it."""
 
 import json
-import shutil
 import signal
 
 import pytest
 
 from qco.record import Record, Status
-from tests.conftest import SMALL_SWEEP, copy_sweep
+from tests.conftest import copy_sweep
 from tests.helpers import qco_cli
 
 
