@@ -83,46 +83,48 @@ def _nearest_key(args: List[str], message: str) -> Optional[str]:
     import dataclasses
     import typing
 
-    from qco.config import Config
-
     for arg in args:
         path = arg.partition("=")[0].lstrip("+~")
         *parents, name = path.split(".")
         if f"'{name}'" not in message:
             continue
-        node = Config
-        for parent in parents:
-            node = typing.get_type_hints(node).get(parent) if dataclasses.is_dataclass(node) else None
+        node = _schema_node(parents)
         if not dataclasses.is_dataclass(node):
             return None
-        fields = {f.name: f for f in dataclasses.fields(node)}
-        found = difflib.get_close_matches(name, list(fields), n=1)
+        kinds = typing.get_type_hints(node)
+        found = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(node)], n=1)
         if not found:
             return None
-        key = ".".join([*parents, found[0]])
-        kind = typing.get_type_hints(node)[found[0]]
+        key, kind = ".".join([*parents, found[0]]), kinds[found[0]]
         table = dataclasses.is_dataclass(kind) or typing.get_origin(kind) is dict  # takes keys, not this value
         return key if table else f"{key}={arg.partition('=')[2]}"
     return None
-    return None
 
 
-def _new_key_of_a_free_dict(args: List[str], message: str) -> Optional[str]:
-    """The override, with a '+', that adds a key to one of the schema's free dicts (compile.inductor,
-    quant.kwargs, ...: a Dict field of qco/config.py), where the command line set one without it."""
+def _schema_node(parents: List[str]):
+    """The type qco/config.py's schema gives the key at the path `parents` (a dataclass, Dict[...], ...), or None
+    where the path leaves the schema."""
     import dataclasses
     import typing
 
     from qco.config import Config
 
+    node = Config
+    for name in parents:
+        node = typing.get_type_hints(node).get(name) if dataclasses.is_dataclass(node) else None
+    return node
+
+
+def _new_key_of_a_free_dict(args: List[str], message: str) -> Optional[str]:
+    """The override, with a '+', that adds a key to one of the schema's free dicts (compile.inductor,
+    quant.kwargs, ...: a Dict field of qco/config.py), where the command line set one without it."""
+    import typing
+
     for arg in args:
         path, _, value = arg.partition("=")
         if not value or path.startswith(("+", "~")) or f"'{path}'" not in message:
             continue
-        node = Config
-        *parents, _ = path.split(".")
-        for name in parents:
-            node = typing.get_type_hints(node).get(name) if dataclasses.is_dataclass(node) else None
+        node = _schema_node(path.split(".")[:-1])
         if node is not None and typing.get_origin(node) is dict:
             return f"+{arg}"
     return None

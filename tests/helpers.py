@@ -83,11 +83,16 @@ def attach_offload_probe(pipe, offload):
     return None
 
 
-def qco_cli(args, cwd: Path, models: Path, timeout: float = 300, module: str = "qco", **env):
-    """`python -m qco ARGS` in a fresh interpreter, as a user types it (no HYDRA_FULL_ERROR, no hub)."""
+def qco_env(models: Path, **env) -> dict:
+    """The environment of a user's `python -m qco`: the tests' model cache, no hub, no HYDRA_FULL_ERROR."""
     environment = {**os.environ, "QCO_MODEL_CACHE": str(models), "HF_HUB_OFFLINE": "1", **env}
     environment.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=environment,
+    return environment
+
+
+def qco_cli(args, cwd: Path, models: Path, timeout: float = 300, module: str = "qco", **env):
+    """`python -m qco ARGS` in a fresh interpreter, as a user types it (no HYDRA_FULL_ERROR, no hub)."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=qco_env(models, **env),
                           capture_output=True, text=True, timeout=timeout)
 
 

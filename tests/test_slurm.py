@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import slurm_cluster
-from tests.helpers import error_lines, qco_cli
+from tests.helpers import error_lines, qco_cli, qco_env
 
 pytestmark = pytest.mark.slow
 
@@ -79,10 +79,8 @@ def test_a_cpu_sweep_runs_every_job_through_sbatch(cluster, tmp_path, models_cac
 
 def start_sweep(args, cwd, models, cluster):
     """`python -m qco ARGS` started in the background, in qco_cli's environment."""
-    env = {**os.environ, "QCO_MODEL_CACHE": str(models), "HF_HUB_OFFLINE": "1", **cluster.env}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", "qco", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "qco", *args], cwd=cwd, env=qco_env(models, **cluster.env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def running_job(cluster, folder: Path, name: str):

@@ -92,13 +92,12 @@ def _cell(value) -> str:
 def markdown(rows: List[Row]) -> str:
     from qco.report import aligned
 
-    front = {id(r) for r in pareto_front(rows)}
     table = [COLUMNS + ["pareto"]]
     for row in rows:
         cells = {c: _cell(getattr(row, c)) for c in COLUMNS}
         if row.identical:
             cells["psnr_db"] = "identical"  # infinite: the run is the reference, or matches it exactly
-        table.append([cells[c] for c in COLUMNS] + ["*" if id(row) in front else ""])
+        table.append([cells[c] for c in COLUMNS] + ["*" if row.pareto else ""])  # marked by load_rows
     return aligned(table) + "\n"
 
 
@@ -197,7 +196,7 @@ def aggregate(sweep_dir: Path) -> List[Row]:
     writer.writerows([{**row, "images": ";".join(row["images"] or [])} for row in tidy])
     write_text_atomic(sweep_dir / "sweep.csv", text.getvalue())
     write_json_atomic(sweep_dir / "sweep.json", {"schema_version": SCHEMA_VERSION, "rows": tidy,
-                                                  "pareto": [r.job for r in pareto_front(rows)]})
+                                                  "pareto": [r.job for r in rows if r.pareto]})
     plot_pareto(rows, sweep_dir / "pareto.png")
     image_grid(rows, sweep_dir / "grid.png")
     print(table)

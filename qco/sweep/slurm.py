@@ -19,11 +19,6 @@ from typing import List, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
-# states sacct gives a job that ended without a result: what the row says, and whether the same command runs it
-# again (interrupted) or only sweep.retry_failed=true does (failed)
-NEVER_STARTED = "interrupted"
-
-
 def register_launcher() -> None:
     """hydra_plugins.qco_launcher.QcoSlurmLauncher (conf/hydra/launcher/slurm.yaml) made known to Hydra, which
     would find it by scanning the hydra_plugins namespace, except from an editable install (its finder does not
