@@ -87,7 +87,7 @@ class Comparison:
         from hydra.core.global_hydra import GlobalHydra
         from omegaconf import OmegaConf
 
-        from qco.config import register_configs
+        from qco.registry import register_configs
 
         if name not in self.configs:
             register_configs()
@@ -101,7 +101,7 @@ class Comparison:
         """The folder (or hub id) qco loads; the plain script loads the same."""
         from omegaconf import OmegaConf
 
-        from qco.models.source import built_folder
+        from qco.stores.models import built_folder
 
         model = OmegaConf.create(cfg["model"])
         return model.path or model.id or str(built_folder(model, cfg["paths"]["models"]))

@@ -40,7 +40,7 @@ EXTRA = [
 def run_one(overrides, device="cuda"):
     from hydra import compose, initialize_config_module
 
-    from qco.config import register_configs
+    from qco.registry import register_configs
     from qco.errors import QcoError
     from qco.runner import run
 

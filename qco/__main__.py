@@ -8,8 +8,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from qco.config import register_configs
 from qco.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, QcoError
+from qco.registry import register_configs
 from qco.safety import check_command_line
 from qco.user_errors import one_line
 
@@ -38,7 +38,9 @@ def app(cfg):
 
         return sweep_job(cfg, run_dir, overrides)  # never raises for a bad row: the sweep goes on
 
-    from qco.runner import run  # imports torch and diffusers: only once the config composed
+    from qco.runner import (
+        run,  # imports torch and diffusers: only once the config composed
+    )
 
     try:
         run(cfg, run_dir, overrides)

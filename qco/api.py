@@ -21,8 +21,8 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[Union[str, Path]] = Non
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from qco.config import register_configs
     from qco.errors import QcoError
+    from qco.registry import register_configs
     from qco.runner import run as run_one
     from qco.safety import check_command_line
     from qco.user_errors import one_line

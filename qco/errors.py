@@ -2,7 +2,6 @@
 
 import errno
 
-
 EXIT_USER_ERROR = 2
 EXIT_OUT_OF_MEMORY = 3
 EXIT_INTERRUPTED = 130  # as a shell reports SIGINT

@@ -2,34 +2,48 @@
 reference. Imports torch and diffusers (qco/runner.py imports this only after the value checks)."""
 
 import logging
-import os
-import re
 from pathlib import Path
 from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
 
-from qco.config import Config, ModelConfig
-from qco.compile_store import open_store
 from qco.compose import compose_pipeline
+from qco.config import Config, combination
 from qco.errors import QcoError
-from qco.measure import (DeviceMemory, HostMemory, Phase, compile_settings, component_sizes_gib, measure_calls,
-                         measure_transfers, stats)
+from qco.files import save_image_atomic, save_video_atomic
+from qco.groups.compile import compile_settings
+from qco.groups.model import load_refusal
+from qco.groups.run import call_kwargs
+from qco.measure import (
+    DeviceMemory,
+    HostMemory,
+    Phase,
+    component_sizes_gib,
+    measure_calls,
+    measure_transfers,
+    stats,
+)
 from qco.oom import out_of_memory
 from qco.plan import Plan, draft_plan
-from qco.record import LatencyStats, Measured, Memory, Quality, StepStats, Timings, Transfers, run_setting
-from qco.reference import measure_quality
-from qco.report import environment, save_image_atomic, save_video_atomic
+from qco.record import (
+    LatencyStats,
+    Measured,
+    Memory,
+    Quality,
+    StepStats,
+    Timings,
+    Transfers,
+    run_setting,
+)
+from qco.report import environment
 from qco.rules import apply_rules
-from qco.runner import call_kwargs, combination
+from qco.stores.compiled import open_store
+from qco.stores.references import measure_quality
 from qco.target import Target, resolve_target
 from qco.validate import check_names, check_values
 
 log = logging.getLogger(__name__)
-
-PACKAGED_CONF = Path(__file__).parent / "conf"
-
 
 def check_and_plan(cfg: Config, target: Optional[Target] = None) -> Plan:
     """Everything that can be known before any weights load: bad values, refusals, adjustments.
@@ -61,7 +75,7 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
     try:
         pipe, seconds, store = compose_pipeline(plan)
     except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError
-        refusal = _load_refusal(cfg.model, error)
+        refusal = load_refusal(cfg.model, error)
         if refusal is None:
             raise
         raise refusal from error
@@ -126,49 +140,3 @@ def quality(cfg: Config, plan: Plan, kwargs: dict, images) -> Quality:
     except Exception as error:  # noqa: BLE001 - the measurement stands without its quality
         log.warning("No quality figures: the reference image could not be made (%s: %s)", type(error).__name__, error)
         return Quality(error=f"{type(error).__name__}: {error}"[:500])
-
-
-def _load_refusal(model: ModelConfig, error: Exception) -> Optional[QcoError]:
-    """The load errors a model folder or id can cause, as one line; None for anything else."""
-    text = str(error)
-    where = f"model.path={model.path}" if model.path else f"model.id={model.id}" if model.id else f"model={model.name}"
-    if "custom code" in text:
-        return QcoError(f"{where}: the model ships Python code that loading it would run, and "
-                        "model.trust_remote_code is false; fix: use a model without custom code, or read that code "
-                        "and set model.trust_remote_code=true")
-    if "safetensors" in text and ("Could not find" in text or "not found" in text or "no file" in text.lower()):
-        return QcoError(f"{where}: no safetensors weights; qco loads safetensors only (pickled weights can run "
-                        "code); fix: convert the weights (save_pretrained(..., safe_serialization=True))")
-    damaged = re.search(r"checkpoint file for '([^']+)'", text)
-    if damaged or type(error).__name__ == "SafetensorError":
-        file = damaged.group(1) if damaged else _unreadable_weights(model) or "a weights file"
-        return QcoError(f"{where}: {file} is damaged or cut short (safetensors cannot read it: "
-                        f"{type(error.__cause__ or error).__name__}); fix: copy or download that file again")
-    if isinstance(error, OSError) and model.id and not model.path:
-        return _unavailable(model, error)
-    return None
-
-
-def _unreadable_weights(model: ModelConfig) -> Optional[str]:
-    """The first safetensors file of a local model whose header cannot be read (a cheap check)."""
-    from safetensors import safe_open
-
-    for path in sorted(Path(model.path or ".").expanduser().rglob("*.safetensors")) if model.path else []:
-        try:
-            with safe_open(str(path), framework="pt"):
-                pass
-        except Exception:  # noqa: BLE001 - SafetensorError, OSError: either way unreadable
-            return str(path)
-    return None
-
-
-def _unavailable(model: ModelConfig, error: OSError) -> QcoError:
-    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-    random = f"{model.name}_random"  # the packaged option of the same architecture, where there is one
-    instead = (f", or use model={random} for the same architecture with random weights"
-               if (PACKAGED_CONF / "model" / f"{random}.yaml").is_file() else "")
-    return QcoError(
-        f"model.id={model.id}: not in the local Hugging Face cache and not downloadable here{offline} "
-        f"({type(error).__name__}); fix: download it where there is network (`hf download {model.id}`) and "
-        f"run with model.path=/path/to/that/copy{instead}"
-    )

@@ -12,8 +12,8 @@ from typing import Dict, Optional
 
 from qco.config import Config
 from qco.errors import QcoError
-from qco.record import GIB
 from qco.plan import Plan
+from qco.record import GIB
 
 HEADER_LIMIT = 100 * 2**20  # a safetensors header larger than this is not one qco will parse
 FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}

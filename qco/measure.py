@@ -3,8 +3,8 @@
 import contextlib
 import json
 import os
-import tempfile
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,16 +239,3 @@ def component_sizes_gib(pipe) -> Dict[str, float]:
             tensors = list(component.parameters()) + list(component.buffers())
             sizes[name] = sum(t.numel() * t.element_size() for t in tensors) / GIB
     return sizes
-
-
-@contextlib.contextmanager
-def compile_settings(dynamo: dict, inductor: dict):
-    """torch._dynamo / torch._inductor settings for the duration of the calls, restored after."""
-    with contextlib.ExitStack() as stack:
-        if dynamo:
-            stack.enter_context(torch._dynamo.config.patch(**dynamo))
-        if inductor:
-            from torch._inductor import config as inductor_config
-
-            stack.enter_context(inductor_config.patch(**inductor))
-        yield

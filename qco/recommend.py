@@ -8,7 +8,7 @@ Memory is the peak allocated GPU memory by default, host memory for a sweep that
 host memory only); --memory reserved or host chooses. A run made under a memory cap (run.memory_limit_gib,
 experiment=fit_card) fits a budget at least as large as its cap: "my card has N GiB" (a "24 GB" card has
 24 GiB, 2^30 bytes each). Quality is each run's SSIM and PSNR against the reference image of the same model,
-prompt and seed made with nothing applied (qco/reference.py)."""
+prompt and seed made with nothing applied (qco/stores/references.py)."""
 
 import argparse
 import math

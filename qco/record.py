@@ -110,7 +110,7 @@ class Quality:
 
 @dataclass
 class CompileCache:
-    """What the store of compiled artifacts did (qco/compile_store.py), and what torch's caches counted."""
+    """What the store of compiled artifacts did (qco/stores/compiled.py), and what torch's caches counted."""
 
     start: str  # warm: the kept artifacts were loaded before the first call; cold: compiled here
     folder: Optional[str] = None  # None: no store (compile.cache=false turns every cache off)
@@ -231,7 +231,7 @@ def read_record(path: Path) -> Record:
 
 
 def write_record(path: Path, record: Record) -> None:
-    from qco.report import write_json_atomic
+    from qco.files import write_json_atomic
 
     write_json_atomic(path, record.to_json())
 

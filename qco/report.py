@@ -7,12 +7,12 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from qco.config import Config
+from qco.files import write_text_atomic
 from qco.record import Environment, Gpu, Record
 
 PACKAGES = ("qco", "torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "torchao",
@@ -70,64 +70,6 @@ def _nvidia_driver() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-
-
-def _readable(staging: str) -> None:
-    """mkstemp makes files private (0600); results are shared like any file the user writes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o666 & ~umask)
-
-
-def write_atomic(path: Path, write: Callable, binary: bool = False) -> None:
-    """Write beside the target and rename over it: a reader sees the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _readable(staging)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-
-
-def write_folder_atomic(folder: Path, fill: Callable[[Path], None], finished: Callable[[Path], bool]) -> None:
-    """Fill a folder beside the target and rename it into place whole: a reader finds no folder or a
-    complete one. Where another process put a finished one there first, theirs is kept."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        fill(staging)
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if not finished(folder):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    write_atomic(path, lambda handle: json.dump(data, handle, indent=2, default=str))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda handle: handle.write(text))
-
-
-def save_image_atomic(image, path: Path) -> None:
-    write_atomic(path, lambda handle: image.save(handle, format="PNG"), binary=True)
-
-
-def save_video_atomic(frames, path: Path, fps: int) -> None:
-    """An animated GIF (PIL writes it; no video codec needed), looping, at the model's frame rate as near
-    as GIF's hundredths of a second come (16 fps: 60 ms a frame)."""
-    write_atomic(path, lambda handle: frames[0].save(handle, format="GIF", save_all=True, append_images=frames[1:],
-                                                     duration=round(1000 / fps), loop=0), binary=True)
 
 
 RERUN_CONFIG = "rerun"

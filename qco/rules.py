@@ -13,7 +13,6 @@ from qco.errors import QcoError
 from qco.plan import Plan
 
 
-
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -131,7 +130,9 @@ def _parallel(plan: Plan) -> bool:
 
 
 def _too_few_gpus(plan: Plan) -> bool:
-    from qco.sweep.devices import visible_gpus  # nvidia-smi: this process does not start CUDA for a count
+    from qco.sweep.devices import (
+        visible_gpus,  # nvidia-smi: this process does not start CUDA for a count
+    )
 
     return _parallel(plan) and plan.target.is_cuda and visible_gpus() < plan.parallel.world_size
 

@@ -10,33 +10,13 @@ from typing import List, Optional
 
 from omegaconf import OmegaConf
 
-from qco.config import Config, RunConfig
+from qco.config import Config, combination
 from qco.errors import QcoError
 from qco.record import RESULTS, Record, Status, write_record
 from qco.report import summary_table, write_rerun_config
 from qco.validate import check_values
 
 log = logging.getLogger(__name__)
-
-
-def combination(cfg: Config) -> str:
-    """The choices of every group, the last three only where something is chosen."""
-    extras = "".join(f" {group}={cfg[group].name}" for group, default in
-                     (("attention", "default"), ("cache", "none"), ("tweaks", "none")) if cfg[group].name != default)
-    if cfg.parallel.method is not None:
-        extras += f" parallel={cfg.parallel.name} parallel.degree={cfg.parallel.degree}"
-    return (f"model={cfg.model.name} quant={cfg.quant.name} compile={cfg.compile.name} "
-            f"offload={cfg.offload.name}{extras}")
-
-
-def call_kwargs(run: RunConfig) -> dict:
-    """The pipeline call's arguments: an image pipeline's, or a video pipeline's where run.frames is set
-    (checked against the model by qco/validate.py)."""
-    kwargs = {"prompt": run.prompt, "num_inference_steps": run.steps, "height": run.height, "width": run.width,
-              "guidance_scale": run.guidance, "output_type": "pil"}
-    if run.frames is None:
-        return {**kwargs, "num_images_per_prompt": run.batch}
-    return {**kwargs, "num_frames": run.frames, "num_videos_per_prompt": run.batch}
 
 
 def new_record(cfg: Config, overrides: Optional[List[str]]) -> Record:
@@ -62,13 +42,13 @@ def record_without_running(cfg: Config, run_dir: Path, overrides: List[str], sta
 
 
 def _launcher_target(cfg: Config):
-    """The GPUs as nvidia-smi names them, for the process that starts a run's ranks (qco/parallel.py): it never
+    """The GPUs as nvidia-smi names them, for the process that starts a run's ranks (qco/ranks.py): it never
     starts CUDA itself, so no context of its own sits on rank 0's GPU. None: resolved as for any run."""
-    from qco.parallel import is_worker
-    from qco.plan import parallel_step
+    from qco.groups.parallel import parallel_step
+    from qco.ranks import is_worker
     from qco.target import target_without_cuda
 
-    if parallel_step(cfg).world_size <= 1 or is_worker():
+    if parallel_step(cfg.parallel).world_size <= 1 or is_worker():
         return None
     return target_without_cuda(cfg.run.device)
 
@@ -83,14 +63,14 @@ def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Re
         # kill -9) leaves this record, not nothing; the finally below replaces it
         write_record(run_dir / RESULTS, record)
         write_rerun_config(run_dir, cfg)
-        problems = check_values(cfg)
+        problems = check_values(cfg, run_dir)
         if problems:  # before torch loads: quick, and with no library's warnings in front
             raise QcoError(problems)
         from qco.console import quiet_libraries
 
         quiet_libraries(cfg.run.library_logs)  # before the libraries load: their import-time warnings too
         from qco.execute import check_and_plan, measure_run
-        from qco.models.source import resolve_source
+        from qco.stores.models import resolve_source
 
         plan = check_and_plan(cfg, _launcher_target(cfg))
         record.plan = plan.as_dict()
@@ -105,10 +85,10 @@ def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Re
         check_fits(plan, Path(plan.load.source), cfg)  # a cap its weights alone exceed: refused, nothing loaded
         record.plan = plan.as_dict()
         if plan.parallel.world_size > 1:
-            from qco.parallel import is_worker, run_parallel
+            from qco.ranks import is_worker, run_parallel
 
             if not is_worker():  # checked, planned and built here; one process per GPU runs it (rank 0 records)
-                record = run_parallel(cfg, run_dir, list(overrides or []), plan.parallel.world_size)
+                record = run_parallel(cfg, run_dir, list(overrides or []), plan.parallel.world_size, run)
                 return record
         record.add(measure_run(cfg, plan, run_dir))
         record.status = Status.ok

@@ -6,8 +6,16 @@ import errno
 from typing import List, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from hydra.errors import (
+    ConfigCompositionException,
+    MissingConfigException,
+    OverrideParseException,
+)
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+)
 
 from qco.errors import WRITE_ERRORS, QcoError
 
@@ -67,10 +75,9 @@ def one_line(error: BaseException, args: List[str]) -> Optional[List[str]]:
             prefix = ", ".join(a for a in args if "=" in a and a.split("=")[0].lstrip("+~") in message) + ": "
         unknown_key = isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not key
         fix = "check the key's name (" if unknown_key else f"give {key} a value of its type ("
-        added = _new_key_of_a_free_dict(args, message) if unknown_key else None
-        if added:
-            return [f"{prefix.lstrip(': ')}{message}; fix: {added} (with a '+': Hydra's way to add a key; "
-                    f"{added.split('=')[0].lstrip('+').rpartition('.')[0]} takes any key)"]
+        closed = _outside_a_closed_table(message, key) if unknown_key else None
+        if closed:
+            return [closed]
         near = _nearest_key(args, message) if unknown_key else None
         if near:
             fix = f"check the key's name, e.g. {near} ("
@@ -115,19 +122,19 @@ def _schema_node(parents: List[str]):
     return node
 
 
-def _new_key_of_a_free_dict(args: List[str], message: str) -> Optional[str]:
-    """The override, with a '+', that adds a key to one of the schema's free dicts (compile.inductor,
-    quant.kwargs, ...: a Dict field of qco/config.py), where the command line set one without it."""
-    import typing
+def _outside_a_closed_table(message: str, full_key: str) -> Optional[str]:
+    """A key one of the closed tables does not name (compile.inductor.cpp, quant.kwargs.x): qco/validate.py says
+    which keys it takes, and how a user adds one."""
+    import re
 
-    for arg in args:
-        path, _, value = arg.partition("=")
-        if not value or path.startswith(("+", "~")) or f"'{path}'" not in message:
-            continue
-        node = _schema_node(path.split(".")[:-1])
-        if node is not None and typing.get_origin(node) is dict:
-            return f"+{arg}"
-    return None
+    from qco.validate import closed_table_refusal
+
+    found = re.search(r"Key '([^']+)' not in '(\w+)'", message)
+    if not found:
+        return None
+    name, table = found.groups()
+    where = full_key[: -len(name) - 1] if full_key.endswith(f".{name}") else ""
+    return closed_table_refusal(where, name, table) if where else None
 
 
 def _closed_choice(error: BaseException, args: List[str]) -> Optional[List[str]]:

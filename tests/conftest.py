@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from qco.config import register_configs
+from qco.registry import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -10,10 +10,10 @@ from pathlib import Path
 def main(models: str, run_dir: Path) -> None:
     from hydra import compose, initialize_config_module
 
-    from qco.config import register_configs
-    from qco.models.source import resolve_source
-    from qco.parallel import run_parallel
-    from qco.sweep.child import typed
+    from qco.registry import register_configs
+    from qco.stores.models import resolve_source
+    from qco.ranks import run_parallel
+    from qco.config import typed
 
     register_configs()
     with initialize_config_module("qco.conf", version_base="1.3"):

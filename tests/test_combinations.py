@@ -73,7 +73,7 @@ def test_card_example_nf4_max_autotune_model_offload(make_cfg):
     assert plan.compile.dynamo["cache_size_limit"] == 1000
     assert_quantized(pipe, "nf4", ["transformer", "text_encoder_2"])
     assert _compiled(pipe.transformer)
-    from qco.measure import compile_settings
+    from qco.groups.compile import compile_settings
 
     with compile_settings(plan.compile.dynamo, plan.compile.inductor):
         assert torch._dynamo.config.cache_size_limit == 1000

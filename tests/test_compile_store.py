@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from qco.compile_store import ARTIFACTS, store_folder, store_key
+from qco.stores.compiled import ARTIFACTS, store_folder, store_key
 from qco.execute import check_and_plan
-from qco.models.build import BUILD_MARKER
-from qco.models.source import resolve_source
+from qco.files import FILES_MARKER as BUILD_MARKER
+from qco.stores.models import resolve_source
 
 RUN = ["compile=regional", "run.steps=1", "run.repeats=1", "run.quality=false", "run.device=cpu"]
 
@@ -53,7 +53,7 @@ def runs(tmp_path_factory, models_cache):
 
 @pytest.mark.slow
 def test_cold_runs_keep_what_they_compiled_and_two_writers_leave_one_whole_artifact(runs):
-    from qco.models.build import damage
+    from qco.files import damage
 
     tmp, store, _, records = runs
     a, b = records["twin_a"]["compile_cache"], records["twin_b"]["compile_cache"]
@@ -82,7 +82,7 @@ def test_a_second_process_starts_warm_from_the_store_alone(runs):
 
 
 def test_damaged_artifacts_are_removed_and_rebuilt_with_a_warning(runs):
-    from qco.models.build import damage
+    from qco.files import damage
 
     tmp, _, damaged, records = runs
     result = records["damaged"]["compile_cache"]
@@ -92,7 +92,7 @@ def test_damaged_artifacts_are_removed_and_rebuilt_with_a_warning(runs):
 
 
 def test_compile_cache_false_turns_every_cache_off(make_cfg):
-    from qco.compile_store import open_store
+    from qco.stores.compiled import open_store
 
     cfg = make_cfg(*RUN, "compile.cache=false")
     plan = check_and_plan(cfg)

@@ -141,7 +141,7 @@ def test_the_main_config_states_no_schema_default():
 def test_the_check_finds_a_repeated_value():  # the check above can fail: a repeat is found where there is one
     inherited = _inherited("offload", "group_mixed")
     assert list(_repeats({"method": "group", "offload_type": "leaf_level"}, inherited)) == ["method: 'group'"]
-    assert list(_repeats({"kwargs": {}}, _inherited("quant", "none"))) == ["kwargs: {}"]
+    assert list(_repeats({"kwargs": {"load_in_4bit": True}}, _inherited("quant", "fp4"))) == ["kwargs.load_in_4bit: True"]
 
 
 def _one_line(override: str):
@@ -183,16 +183,31 @@ def test_the_command_line_prints_that_line_and_exits_2(tmp_path):
     assert [line for line in result.stderr.splitlines() if line.strip()] == [f"qco: error: {_one_line('run.dtype=fp8')[0]}"]
 
 
-@pytest.mark.parametrize("override, added", [
-    ("compile.inductor.coordinate_descent_tuning=false", "+compile.inductor.coordinate_descent_tuning=false"),
-    ("quant.kwargs.bnb_4bit_quant_type=fp4", "+quant.kwargs.bnb_4bit_quant_type=fp4"),
+@pytest.mark.parametrize("override", ["compile.inductor.coordinate_descent_tuning=false",
+                                      "quant.kwargs.bnb_4bit_quant_type=fp4", "cache.kwargs.threshold=0.1"])
+def test_a_key_of_a_closed_table_is_set_like_any_other(override):
+    assert _one_line(override) is None  # a typed field of the schema: no '+' needed
+
+
+@pytest.mark.parametrize("override, table, supported", [
+    ("+compile.inductor.cpp.cxx=/tmp/x", "compile.inductor", "conv_1x1_as_mm"),
+    ("+compile.inductor.trace.debug_dir=/tmp/x", "compile.inductor", "coordinate_descent_tuning"),
+    ("+compile.dynamo.suppress_errors=true", "compile.dynamo", "cache_size_limit"),
+    ("+compile.dynamo_with_offload.suppress_errors=true", "compile.dynamo_with_offload", "cache_size_limit"),
+    ("+quant.kwargs.x=1", "quant.kwargs", "bnb_4bit_quant_type"),
+    ("+cache.kwargs.current_timestep_callback=os.system", "cache.kwargs", "threshold"),
 ])
-def test_a_new_key_of_a_free_dict_is_told_its_plus(override, added):
-    """Hydra adds a key only with a '+'; in a dict that takes any key (a Dict field of the schema) that is the fix,
-    not a misspelling."""
-    (line,) = _one_line(override)
-    assert f"fix: {added} (with a '+'" in line
-    assert _one_line(added) is None  # and the fix composes
+def test_a_key_outside_a_closed_table_is_refused_with_the_supported_ones(override, table, supported, make_cfg):
+    """The tables that reach a library as keyword arguments name every key: another one, even with '+', is refused
+    with the keys it takes and where to add one."""
+    from qco.validate import check_values
+
+    key = override.lstrip("+").split("=")[0]
+    (line,) = _one_line(override.lstrip("+")) or [p for p in check_values(make_cfg(override)) if "qco passes" in p]
+    # without a '+' Hydra refuses it while composing; with one, Hydra adds it and qco's check refuses it
+    first = key[len(table) + 1:].split(".")[0]  # cpp of cpp.cxx: the key the table lacks
+    assert line.startswith(f"{table}.{first}: not a key qco passes to"), line
+    assert f"{table} takes" in line and supported in line and "add " in line and "qco/groups/" in line
 
 
 def test_an_unknown_key_of_a_closed_section_is_still_a_name_to_check():

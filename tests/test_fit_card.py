@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from qco.errors import EXIT_USER_ERROR
-from qco.offload import PinnedCpuOffload, QuantStateFollowsWeight
+from qco.groups.offload import PinnedCpuOffload, QuantStateFollowsWeight
 from qco.oom import next_steps
 from qco.recommend import main as recommend_main
 from qco.sweep.aggregate import card, load_rows
@@ -90,7 +90,7 @@ def test_a_changed_source_is_a_new_copy_never_a_stale_load(tmp_path, make_cfg, q
     import os
     import shutil
 
-    from qco.models.source import resolve_source
+    from qco.stores.models import resolve_source
 
     source = tmp_path / "my_flux"
     shutil.copytree(resolve_source(make_cfg().model, make_cfg().paths.models), source)
@@ -353,7 +353,7 @@ def capped_plan(make_cfg, *overrides):
 def test_the_weights_floor_is_counted_from_the_files_and_never_above_the_loaded_weights(make_cfg):
     from qco.fit import weights_floor_gib
     from qco.measure import component_sizes_gib
-    from qco.models.source import resolve_source
+    from qco.stores.models import resolve_source
 
     cfg, plan = capped_plan(make_cfg, "run.memory_limit_gib=0.0001")
     source = Path(resolve_source(cfg.model, cfg.paths.models))
@@ -375,7 +375,7 @@ def test_the_weights_floor_is_counted_from_the_files_and_never_above_the_loaded_
 def test_a_cap_the_weights_alone_exceed_is_refused_before_loading(offload, refused, make_cfg):
     from qco.errors import QcoError
     from qco.fit import check_fits
-    from qco.models.source import resolve_source
+    from qco.stores.models import resolve_source
 
     cfg, plan = capped_plan(make_cfg, f"offload={offload}", "run.memory_limit_gib=0.0001")
     source = Path(resolve_source(cfg.model, cfg.paths.models))

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from qco.errors import EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR, QcoError
-from qco.models.build import BUILD_MARKER
-from qco.models.source import built_folder, resolve_source
+from qco.files import FILES_MARKER as BUILD_MARKER
+from qco.stores.models import built_folder, resolve_source
 from qco.runner import run
 from qco.validate import check_class_names
 from tests.conftest import SMALL_SWEEP, copy_sweep

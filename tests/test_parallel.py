@@ -1,4 +1,4 @@
-"""One image on several GPUs (qco/parallel.py), on a CPU. diffusers' context parallelism needs an accelerator
+"""One image on several GPUs (qco/ranks.py), on a CPU. diffusers' context parallelism needs an accelerator
 (its ranks are placed on one), so here the refusal is proven, and the launcher for real: torch's elastic
 launcher starting two worker processes over gloo on the tiny model, rank 0 recording, the same seed on every
 rank, and a failed rank failing the run with its reason and leaving no process behind. The split itself is
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from qco.errors import QcoError
-from qco.parallel import RANKS, RankFailed, run_parallel
+from qco.ranks import RANKS, RankFailed, run_parallel
 from qco.rules import apply_rules
 from qco.plan import draft_plan
 from tests.test_rules import H200
@@ -86,7 +86,7 @@ def test_on_a_cpu_it_is_refused_before_any_process(make_cfg, monkeypatch, tmp_pa
     def no_launch(*args, **kwargs):  # what would start the ranks: the refusal comes first
         raise AssertionError("a worker process was started")
 
-    monkeypatch.setattr("qco.parallel.run_parallel", no_launch)
+    monkeypatch.setattr("qco.ranks.run_parallel", no_launch)
     with pytest.raises(QcoError) as refused:
         run(make_cfg("parallel=ulysses", "run.device=cpu"), tmp_path / "run")
     (line,) = refused.value.lines
@@ -101,8 +101,8 @@ def two_ranks(tmp_path_factory, models_cache):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from qco.models.source import resolve_source
-    from qco.sweep.child import typed
+    from qco.stores.models import resolve_source
+    from qco.config import typed
 
     GlobalHydra.instance().clear()
     with initialize_config_module("qco.conf", version_base="1.3"):

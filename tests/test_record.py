@@ -20,7 +20,7 @@ def written(tmp_path_factory, models_cache):
     """A sweep folder holding one job that a real run of the tiny model wrote (nf4 and model offload)."""
     from hydra import compose, initialize_config_module
 
-    from qco.config import register_configs
+    from qco.registry import register_configs
     from qco.runner import run
 
     sweep = tmp_path_factory.mktemp("sweep")

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from qco.errors import QcoError
-from qco.models.build import BUILD_MARKER
-from qco.models.source import built_folder
+from qco.files import FILES_MARKER as BUILD_MARKER
+from qco.stores.models import built_folder
 from qco.runner import run
 
 

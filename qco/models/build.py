@@ -2,11 +2,9 @@
 so it can be loaded through from_pretrained exactly like a downloaded model. No network."""
 
 import contextlib
-import fcntl
-import hashlib
+import inspect
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -16,13 +14,11 @@ import transformers
 from omegaconf import OmegaConf
 
 from qco.config import ModelConfig
+from qco.files import FILES_MARKER, VERIFIED, fingerprint, manifest, write_folder_atomic
 from qco.models.tokenizers import MAKERS
-from qco.report import write_folder_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-BUILD_MARKER = "qco_build.json"  # written last: a folder without it is not a finished build
-VERIFIED = "qco_verified.json"  # the files' fingerprints when their checksums last matched
 
 
 def _class_of_kind(name: str, library, *kinds) -> Optional[type]:
@@ -51,6 +47,19 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
+def config_keys(cls: type) -> Optional[set]:
+    """The config keys a diffusers model or scheduler takes (its __init__ parameters: from_config passes on only
+    those); None for a transformers model, whose config class keeps any key as an attribute (its published
+    configs carry the generic token ids and the like), so only the keys that make it load code are refused."""
+    if issubclass(cls, transformers.PreTrainedModel):
+        return None
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+
+
+# keys of a transformers config that would make it load code or another config; never in a recipe
+CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
+
+
 def build_component(name: str, recipe, dtype: torch.dtype, device: str):
     if recipe.cls in MAKERS:
         return MAKERS[recipe.cls](recipe.vocab_size, recipe.model_max_length)
@@ -63,67 +72,6 @@ def build_component(name: str, recipe, dtype: torch.dtype, device: str):
         with torch.device(device), _default_dtype(dtype):
             return cls.from_config(config).eval()
     return cls.from_config(config)  # schedulers
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fingerprint(path: Path) -> list:
-    """What any write to a file changes: its inode's change time cannot be set back from user space."""
-    info = path.stat()
-    return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
-
-
-def damage(folder: Path) -> Optional[str]:
-    """Why a finished build can no longer be trusted (a file missing, cut short or altered), or None.
-    Each file's checksum, recorded at build, is compared again whenever the file may have been written
-    since it was last verified (its fingerprint changed); the fingerprints are kept in VERIFIED."""
-    try:
-        files = json.loads((folder / BUILD_MARKER).read_text())["files"]
-        expected = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()}
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"its {BUILD_MARKER} is missing, unreadable or from before checksums were recorded"
-    try:
-        verified = json.loads((folder / VERIFIED).read_text())
-    except (OSError, ValueError):
-        verified = {}
-    changed = False
-    for name, (size, checksum) in expected.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} has {path.stat().st_size} bytes, {size} were written"
-        if verified.get(name) != fingerprint(path):
-            if sha256_of(path) != checksum:
-                return f"{name} differs from what was written (its sha256 changed)"
-            verified[name], changed = fingerprint(path), True
-    if changed:
-        try:
-            write_text_atomic(folder / VERIFIED, json.dumps(verified))
-        except OSError:  # a read-only store: verified again next time, no harm
-            pass
-    return None
-
-
-@contextlib.contextmanager
-def build_lock(folder: Path):
-    """One build of a folder at a time, across processes. The lock's holder removes what a killed
-    build left (its staging folders, named by write_folder_atomic): no other build of it is running.
-    An flock, so a killed builder leaves no stale lock."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        for leftover in folder.parent.glob(f".{folder.name}.*"):
-            if leftover.is_dir():
-                log.warning("Removing %s, left by a build that did not finish", leftover)
-                shutil.rmtree(leftover, ignore_errors=True)
-        yield
 
 
 def build_pipeline(model: ModelConfig, folder: Path) -> None:
@@ -147,12 +95,11 @@ def _build_and_save(model: ModelConfig, folder: Path, device: str) -> None:
     def save(staging: Path) -> None:
         pipeline.save_pretrained(staging, safe_serialization=True)
         recipe_dict = OmegaConf.to_container(recipe, resolve=True)
-        files = {str(p.relative_to(staging)): {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
-                 for p in sorted(staging.rglob("*")) if p.is_file()}
-        (staging / BUILD_MARKER).write_text(json.dumps({"model": model.name, "recipe": recipe_dict, "files": files},
+        files = manifest(staging)
+        (staging / FILES_MARKER).write_text(json.dumps({"model": model.name, "recipe": recipe_dict, "files": files},
                                                        indent=1))
         # just hashed: the first use need not hash them again (renaming the folder changes no file)
         (staging / VERIFIED).write_text(json.dumps({name: fingerprint(staging / name) for name in files}))
 
     # another process that finished the same build first keeps its copy
-    write_folder_atomic(folder, save, finished=lambda built: (built / BUILD_MARKER).is_file())
+    write_folder_atomic(folder, save, finished=lambda built: (built / FILES_MARKER).is_file())

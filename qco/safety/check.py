@@ -10,8 +10,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from qco.errors import QcoError
-from qco.safety.allowed import (LOG_FACTORIES, LOG_FORMATTER_CLASSES, LOG_HANDLER_CLASSES, LOG_STREAMS, TARGETS,
-                                permitted)
+from qco.safety.allowed import (
+    LOG_FACTORIES,
+    LOG_FORMATTER_CLASSES,
+    LOG_HANDLER_CLASSES,
+    LOG_STREAMS,
+    TARGETS,
+    permitted,
+)
 
 # hydra.job.env_set is applied to os.environ while the job runs, and a sweep job's process
 # inherits it: LD_PRELOAD, PYTHONPATH or PYTHONSTARTUP would run code. These are the ones a run
@@ -136,7 +142,9 @@ def _sweeper_and_launcher_problems(hydra, sweep_dir: Optional[str]) -> List[str]
         problems += [f"hydra.launcher.{key}: required and not set; fix: add hydra.launcher.{key}=<value> to the command"
                      for key in sorted(OmegaConf.missing_keys(launcher))]
     if sweep_dir is not None and str(launcher.get("_target_", "")).endswith("SlurmLauncher") and not problems:
-        from qco.sweep.slurm import launcher_problems  # asks sinfo: only for a sweep the rest lets through
+        from qco.sweep.slurm import (
+            launcher_problems,  # asks sinfo: only for a sweep the rest lets through
+        )
 
         problems += launcher_problems(launcher)
     for key in ("submitit_folder", "temp_folder"):  # where submitit and joblib write their files

@@ -7,8 +7,11 @@ import os
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
-from hydra._internal.utils import (create_automatic_config_search_path, detect_calling_file_or_module_from_task_function,
-                                   detect_task_name)
+from hydra._internal.utils import (
+    create_automatic_config_search_path,
+    detect_calling_file_or_module_from_task_function,
+    detect_task_name,
+)
 from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobRuntime, setup_globals

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from qco.resolvers import NOT_PART_OF_THE_NAME
+from qco.files import write_atomic, write_json_atomic, write_text_atomic
 from qco.record import RESULTS, SCHEMA_VERSION, TIDY_COLUMNS, Row, Status, read_rows
-from qco.report import write_atomic, write_json_atomic, write_text_atomic
+from qco.resolvers import NOT_PART_OF_THE_NAME
 
 # sweep.md, for reading: what tells the rows apart (sweep.csv and sweep.json have every column: TIDY_COLUMNS)
 COLUMNS = ["job", "status", "cap_gib", "latency_s", "latency_stdev_s", "first_call_s", "compile_start", "peak_allocated_gib",

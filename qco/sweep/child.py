@@ -5,11 +5,10 @@ import logging
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 
 def main(run_dir: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from qco.config import typed
     from qco.errors import QcoError
     from qco.runner import run
     from qco.sweep.isolate import JOB_FILE
@@ -21,14 +20,6 @@ def main(run_dir: Path) -> None:
         for line in error.lines:
             logging.getLogger("qco").error(line)
     # any other exception propagates: a non-zero exit, and results.json says "failed" with why
-
-
-def typed(config: dict):
-    """The job's resolved config on qco's schema (qco/config.py), as the launcher composed it: typed, its closed
-    choices enums, so the job's code reads the same types as a single run's."""
-    from qco.config import Config
-
-    return OmegaConf.merge(OmegaConf.structured(Config), config)
 
 
 if __name__ == "__main__":

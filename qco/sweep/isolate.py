@@ -15,8 +15,8 @@ from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
+from qco.files import write_json_atomic
 from qco.record import RESULTS, Record, Status, read_record, write_record
-from qco.report import write_json_atomic
 
 JOB_FILE = "job.json"  # the resolved config and overrides handed to the job's process
 
@@ -35,7 +35,7 @@ def run_isolated(cfg, run_dir: Path, overrides: List[str], env: Optional[Dict[st
     except (OSError, ValueError):
         record = None
     if record is None or record.status == Status.running:
-        from qco.runner import combination
+        from qco.config import combination
 
         status, why, then = ended_by(process.returncode)
         record = Record(status=status, key=combination(cfg), overrides=list(overrides), config=config,

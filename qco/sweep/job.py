@@ -38,9 +38,9 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
             return objectives(record, list(cfg.sweep.objective), cfg.sweep.memory_budget_gib)
         record = refused_in_advance(cfg, run_dir, overrides) or fits_a_smaller_cap(cfg, run_dir, overrides)
         if record is None:
-            from qco.plan import parallel_step
+            from qco.groups.parallel import parallel_step
 
-            with gpu_lease(count=parallel_step(cfg).world_size) as device:  # one image may need several GPUs
+            with gpu_lease(count=parallel_step(cfg.parallel).world_size) as device:  # one image may need several GPUs
                 env = {} if device is None else {"CUDA_VISIBLE_DEVICES": device}  # the job's process only
                 if device is not None:
                     log.info("Job %s runs on GPU %s", run_dir.name, device)
@@ -67,9 +67,11 @@ def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[Rec
         from qco.console import quiet_libraries
 
         quiet_libraries(cfg.run.library_logs)  # their import-time warnings, as in a job's own process
-        from qco.execute import check_and_plan  # torch and diffusers, once per launcher process
+        from qco.execute import (
+            check_and_plan,  # torch and diffusers, once per launcher process
+        )
         from qco.fit import check_fits
-        from qco.models.source import present_source
+        from qco.stores.models import present_source
 
         plan = check_and_plan(cfg, target)
         source = present_source(cfg.model, cfg.paths.models)

@@ -23,8 +23,9 @@ def register_launcher() -> None:
     """hydra_plugins.qco_launcher.QcoSlurmLauncher (conf/hydra/launcher/slurm.yaml) made known to Hydra, which
     would find it by scanning the hydra_plugins namespace, except from an editable install (its finder does not
     list the package). Without qco[slurm] there is none to register."""
-    import hydra_plugins.qco_launcher as ours
     from hydra.core.plugins import Plugins
+
+    import hydra_plugins.qco_launcher as ours
 
     if getattr(ours, "QcoSlurmLauncher", None) is not None:
         Plugins.instance().register(ours.QcoSlurmLauncher)

@@ -14,9 +14,18 @@ from typing import Dict, Optional
 import torch
 
 from qco.errors import WRITE_ERRORS
-from qco.models.build import BUILD_MARKER, VERIFIED, build_lock, component_class, damage, fingerprint, sha256_of
+from qco.files import (
+    FILES_MARKER,
+    VERIFIED,
+    damage,
+    fingerprint,
+    folder_lock,
+    manifest,
+    write_folder_atomic,
+)
+from qco.models.build import component_class
 from qco.plan import LoadStep
-from qco.report import package_versions, write_folder_atomic
+from qco.report import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +70,12 @@ def load_kept(folder: Path, load: LoadStep, runs_on_cpu: bool = False) -> Option
     none are kept; a damaged folder is removed (and written again by keep())."""
     if not folder.is_dir():
         return None
-    with build_lock(folder):
+    with folder_lock(folder):
         problem = damage(folder) if folder.is_dir() else "gone"
         classes = {} if problem else _classes(folder)
         if problem or classes is None:
             log.warning("The kept quantized components in %s are damaged (%s): quantizing again", folder,
-                        problem or f"its {BUILD_MARKER} names no model class of diffusers or transformers")
+                        problem or f"its {FILES_MARKER} names no model class of diffusers or transformers")
             shutil.rmtree(folder, ignore_errors=True)
             return None
     log.info("Loading the quantized %s kept in %s (no quantization)", ", ".join(sorted(classes)), folder)
@@ -94,7 +103,7 @@ def _own_memory(component) -> None:
 def _classes(folder: Path) -> Optional[Dict[str, type]]:
     """Each kept component's class, looked up among diffusers' and transformers' model classes only."""
     try:
-        names = json.loads((folder / BUILD_MARKER).read_text())["classes"]
+        names = json.loads((folder / FILES_MARKER).read_text())["classes"]
         classes = {str(name): component_class(str(cls)) for name, cls in names.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -110,15 +119,14 @@ def keep(folder: Path, pipe, load: LoadStep, key: dict) -> bool:
             component = getattr(pipe, name)
             component.save_pretrained(staging / name, safe_serialization=True)
             classes[name] = type(component).__name__
-        files = {str(p.relative_to(staging)): {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
-                 for p in sorted(staging.rglob("*")) if p.is_file()}
-        (staging / BUILD_MARKER).write_text(json.dumps({"key": key, "classes": classes, "files": files},
+        files = manifest(staging)
+        (staging / FILES_MARKER).write_text(json.dumps({"key": key, "classes": classes, "files": files},
                                                        indent=1, default=str))
         (staging / VERIFIED).write_text(json.dumps({name: fingerprint(staging / name) for name in files}))
 
     try:
-        with build_lock(folder):
-            write_folder_atomic(folder, save, finished=lambda kept: (kept / BUILD_MARKER).is_file())
+        with folder_lock(folder):
+            write_folder_atomic(folder, save, finished=lambda kept: (kept / FILES_MARKER).is_file())
     except OSError as error:
         if error.errno not in WRITE_ERRORS:
             raise

@@ -13,15 +13,19 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
-from diffusers.models.attention_dispatch import _AttentionBackendRegistry, attention_backend
+from diffusers.models.attention_dispatch import (
+    _AttentionBackendRegistry,
+    attention_backend,
+)
 from PIL import Image
 
 from qco.config import Config
+from qco.files import damage, manifest, write_folder_atomic
+from qco.groups.model import LoadStep
 from qco.measure import output_media
-from qco.plan import LoadStep, Plan
+from qco.plan import Plan
 from qco.quality import compare
 from qco.record import Quality
-from qco.report import write_folder_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +64,22 @@ def reference_folder(cfg: Config, plan: Plan) -> Tuple[Path, dict]:
 
 
 def load_reference(folder: Path) -> Optional[List[Image.Image]]:
+    """The reference images, or None where the folder is missing, unfinished or changed since it was made (each
+    image's size and sha256 are recorded in reference.json, as the other stores record theirs)."""
+    problem = damage(folder, KEY_FILE)
+    if problem is not None:
+        if folder.exists():
+            log.warning("The cached reference %s cannot be used (%s): making it again", folder, problem)
+        return None
     try:
         names = json.loads((folder / KEY_FILE).read_text())["images"]
-        return [Image.open(folder / name).convert("RGB") for name in names]
-    except (OSError, ValueError, KeyError):
+        return [Image.open(folder / name).convert("RGB") for name in names if name in _files(folder)]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _files(folder: Path) -> dict:
+    return json.loads((folder / KEY_FILE).read_text())["files"]
 
 
 def save_reference(folder: Path, images: List[Image.Image], key: dict, made_by: str) -> None:
@@ -73,7 +88,8 @@ def save_reference(folder: Path, images: List[Image.Image], key: dict, made_by: 
         for index, image in enumerate(images):
             image.save(staging / f"image_{index}.png")
             names.append(f"image_{index}.png")
-        (staging / KEY_FILE).write_text(json.dumps({**key, "images": names, "made_by": made_by}, indent=1))
+        (staging / KEY_FILE).write_text(json.dumps({**key, "images": names, "made_by": made_by,
+                                                    "files": manifest(staging)}, indent=1))
 
     write_folder_atomic(folder, fill, finished=lambda made: load_reference(made) is not None)
 
@@ -81,7 +97,7 @@ def save_reference(folder: Path, images: List[Image.Image], key: dict, made_by: 
 def generate_reference(plan: Plan, kwargs: dict, seed: int) -> List[Image.Image]:
     """One call of the pipeline as loaded, on the run's device; with model offload where it does not
     fit (the same kernels on the same device, so the same image, in less memory)."""
-    from qco.compose import load_pipeline
+    from qco.groups.model import load_pipeline
 
     load = LoadStep(pipeline=plan.load.pipeline, source=plan.load.source, dtype=plan.load.dtype,
                     trust_remote_code=plan.load.trust_remote_code)
@@ -111,8 +127,7 @@ def measure_quality(cfg: Config, plan: Plan, kwargs: dict, images: List[Image.Im
     folder, key = reference_folder(cfg, plan)
     references = load_reference(folder)
     if references is None:
-        if folder.exists():  # damaged since it was made (a file gone or cut short): make it again
-            log.warning("The cached reference %s cannot be read: making it again", folder)
+        if folder.exists():  # changed since it was made (load_reference said why): made again
             shutil.rmtree(folder, ignore_errors=True)
         if nothing_applied(plan):
             references, made_by = images, "this run"

@@ -22,11 +22,18 @@ from typing import Dict, Optional
 
 import torch
 
-from qco.models.build import BUILD_MARKER, VERIFIED, build_lock, damage, fingerprint
-from qco.models.quantized import source_folder
+from qco.files import (
+    FILES_MARKER,
+    VERIFIED,
+    damage,
+    fingerprint,
+    folder_lock,
+    write_folder_atomic,
+)
 from qco.plan import Plan
 from qco.record import CompileCache
-from qco.report import package_versions, write_folder_atomic
+from qco.report import package_versions
+from qco.stores.quantized import source_folder
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,7 @@ def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
         "tune": {"fuse_qkv": plan.tune.fuse_qkv, "after_fusion": plan.tune.quantize_after_fusion,
                  "attention": plan.tune.attention_backend},
         "cache": {"method": plan.cache.method, "kwargs": plan.cache.kwargs},
-        # each rank of a split image compiles for its share of the tokens (qco/parallel.py)
+        # each rank of a split image compiles for its share of the tokens (qco/ranks.py)
         "parallel": {"ulysses": plan.parallel.ulysses_degree, "ring": plan.parallel.ring_degree},
         "offload": {"method": plan.place.method, "others": plan.place.others_offload_type,
                     "kwargs": {k: v for k, v in plan.place.kwargs.items() if k not in ("device", "onload_device")}},
@@ -118,7 +125,7 @@ class CompileStore:
         if not self.enabled or self.folder is None or not self.folder.is_dir():
             return self.record
         start = time.perf_counter()
-        with build_lock(self.folder):
+        with folder_lock(self.folder):
             problem = damage(self.folder) if self.folder.is_dir() else "gone"
             if problem is None:
                 try:
@@ -158,16 +165,16 @@ class CompileStore:
         def fill(staging: Path) -> None:
             (staging / ARTIFACTS).write_bytes(data)
             files = {ARTIFACTS: {"bytes": len(data), "sha256": digest}}
-            (staging / BUILD_MARKER).write_text(json.dumps({"key": self.key, "files": files}, indent=1, default=str))
+            (staging / FILES_MARKER).write_text(json.dumps({"key": self.key, "files": files}, indent=1, default=str))
             (staging / VERIFIED).write_text(json.dumps({ARTIFACTS: fingerprint(staging / ARTIFACTS)}))
 
         try:
-            with build_lock(self.folder):
+            with folder_lock(self.folder):
                 if self.record.start == "warm":  # loaded, yet some graphs were compiled here: a fuller set replaces it
                     shutil.rmtree(self.folder, ignore_errors=True)
                 # where another job of the sweep kept the same key first, theirs stays (write_folder_atomic)
-                write_folder_atomic(self.folder, fill, finished=lambda kept: (kept / BUILD_MARKER).is_file())
-                kept = json.loads((self.folder / BUILD_MARKER).read_text())["files"][ARTIFACTS]["sha256"]
+                write_folder_atomic(self.folder, fill, finished=lambda kept: (kept / FILES_MARKER).is_file())
+                kept = json.loads((self.folder / FILES_MARKER).read_text())["files"][ARTIFACTS]["sha256"]
         except OSError as error:
             log.warning("The compiled artifacts were not kept (%s: %s): the next run compiles again; fix: point "
                         "paths.compile_cache (or QCO_COMPILE_CACHE) at a writable folder", error.strerror,

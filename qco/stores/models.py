@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from qco.config import ModelConfig
 from qco.errors import WRITE_ERRORS, QcoError
-from qco.models.build import BUILD_MARKER, build_lock, build_pipeline, damage
+from qco.files import FILES_MARKER, damage, folder_lock
+from qco.models.build import build_pipeline
 from qco.models.index import read_model_index
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def resolve_source(model: ModelConfig, models_cache: str) -> str:
         return model.id
     folder = built_folder(model, models_cache)
     try:
-        with build_lock(folder):
+        with folder_lock(folder):
             problem = damage(folder) if folder.is_dir() else None
             if problem:  # cut short or altered since it was built: repair it (the build is atomic)
                 log.warning("The cached build %s is damaged (%s): building it again", folder, problem)
@@ -55,7 +56,7 @@ def present_source(model: ModelConfig, models_cache: str) -> Optional[Path]:
     nothing is built or downloaded to find it."""
     if model.path is not None:
         return Path(model.path).expanduser()
-    if model.id is None and (built_folder(model, models_cache) / BUILD_MARKER).is_file():
+    if model.id is None and (built_folder(model, models_cache) / FILES_MARKER).is_file():
         return built_folder(model, models_cache)
     return None
 

@@ -17,7 +17,7 @@ import os
 import signal
 import uuid
 from pathlib import Path
-from typing import List
+from typing import Callable, List
 
 from omegaconf import OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
@@ -53,8 +53,9 @@ def is_worker() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
 
 
-def run_parallel(cfg, run_dir: Path, overrides: List[str], world_size: int) -> Record:
-    """Start world_size workers of this run and wait for them; rank 0's record, or RankFailed."""
+def run_parallel(cfg, run_dir: Path, overrides: List[str], world_size: int, run: Callable) -> Record:
+    """Start world_size workers of this run and wait for them; rank 0's record, or RankFailed. `run`: what each
+    worker runs (qco/runner.py run, passed in so that this module never imports the runner that calls it)."""
     import torch
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -75,7 +76,7 @@ def run_parallel(cfg, run_dir: Path, overrides: List[str], world_size: int) -> R
     )
     log.info("Starting %d processes (run id %s), one per GPU; their output: %s", world_size, run_id, logs)
     try:
-        elastic_launch(launch, worker)(config, str(run_dir), list(overrides))
+        elastic_launch(launch, worker)(config, str(run_dir), list(overrides), run)
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
         raise RankFailed(f"rank {rank} of {world_size} failed: {_why(failure)}; every other rank was stopped "
@@ -111,12 +112,11 @@ def _interrupt_once(signum, frame):
 
 
 @record  # the elastic agent reads a failed rank's exception from the error file this writes
-def worker(config: dict, run_dir: str, overrides: List[str]) -> None:
+def worker(config: dict, run_dir: str, overrides: List[str], run: Callable) -> None:
     import torch
     import torch.distributed as dist
 
-    from qco.runner import run
-    from qco.sweep.child import typed
+    from qco.config import typed
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     signal.signal(signal.SIGINT, _interrupt_once)
