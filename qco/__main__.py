@@ -38,9 +38,7 @@ def app(cfg):
 
         return sweep_job(cfg, run_dir, overrides)  # never raises for a bad row: the sweep goes on
 
-    from qco.runner import (
-        run,  # imports torch and diffusers: only once the config composed
-    )
+    from qco.runner import run  # imports torch and diffusers: only once the config composed
 
     try:
         run(cfg, run_dir, overrides)
@@ -81,6 +79,11 @@ def main() -> None:
             raise
         exit_with(["interrupted; every results file written so far is whole, and running the same command "
                    "again completes a sweep"], EXIT_INTERRUPTED)
+    except RecursionError:
+        if WANTS_TRACEBACK:
+            raise
+        exit_with(["the command line or a config file it selects is nested thousands of levels deep, past what "
+                   "Hydra's parser reads; fix: flatten it (no config needs more than a few levels)"])
     except Exception as error:
         lines = None if WANTS_TRACEBACK else one_line(error, sys.argv[1:])
         if lines is None:

@@ -25,6 +25,12 @@ FILES_MARKER = "qco_build.json"  # a store folder's manifest, written last: {"fi
 VERIFIED = "qco_verified.json"  # the files' fingerprints when their checksums last matched
 
 
+def inside(path: str, folder: str) -> bool:
+    """Whether `path` lies inside `folder` or is it, links followed."""
+    path, folder = (os.path.realpath(os.path.abspath(os.path.expanduser(p))) for p in (path, folder))
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def open_own(path: Path, mode: str = "a+"):
     """Open `path` for a lock or an appended log without following a link: O_NOFOLLOW refuses a symlink put in
     its place (which would otherwise truncate or fill the file it points at), in one line."""

@@ -12,6 +12,7 @@ card. (Schema 1 named the same GiB figures _gb.) This module imports no torch: r
 import dataclasses
 import functools
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -212,6 +213,13 @@ class Record:
         record = _build(cls, data, "record")
         if record.status == Status.ok and not (record.timings and record.memory):
             raise ValueError("status ok without timings and memory")
+        _check_config_shape(record.config)
+        for name in record.images + record.videos:  # file names of the run folder, never a path out of it
+            if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+                raise ValueError(f"record.images: {name!r} is not a file name of the run's folder")
+        if record.status == Status.ok:
+            _check_figures(record.timings, "record.timings")
+            _check_figures(record.memory, "record.memory")
         return record
 
     def latency_s(self) -> float:
@@ -221,13 +229,59 @@ class Record:
         return (self.config.get("run") or {}).get("memory_limit_gib")
 
 
+# a run's results.json is a few kB (100 kB with every step of a long run); a reader reads no more than this
+MAX_RECORD_BYTES = 16 * 2**20
+
+
 def read_record(path: Path) -> Record:
-    """The record in a results.json; raises OSError where it cannot be read, ValueError where it is not one."""
+    """The record in a results.json, treated as untrusted input (a sweep folder can come from anywhere): bounded
+    in size and depth, every field typed, every figure finite and not negative. Raises OSError where it cannot be
+    read, ValueError (saying what is wrong) where it is not a run's record."""
+    size = Path(path).stat().st_size
+    if size > MAX_RECORD_BYTES:
+        raise ValueError(f"{size} bytes, more than the {MAX_RECORD_BYTES} a run's record can be")
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"not JSON ({error.msg})") from error
+    except RecursionError:
+        raise ValueError("nested deeper than any run's record") from None
     return Record.from_json(data)
+
+
+def _check_config_shape(config: Dict[str, Any]) -> None:
+    """The resolved config a record holds: each group a table, the run's numbers numbers (the tables read them)."""
+    for group in GROUPS + ("run",):
+        if config.get(group) is not None and not isinstance(config[group], dict):
+            raise ValueError(f"record.config.{group}: a {type(config[group]).__name__}, not a table")
+    name = (config.get("model") or {}).get("name")
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"record.config.model.name: {name!r} is not text")
+    for key, value in (config.get("run") or {}).items():
+        if key in ("steps", "height", "width", "batch", "warmup", "repeats", "frames") and value is not None \
+                and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"record.config.run.{key}: {value!r} is not a whole number")
+        if key == "memory_limit_gib" and value is not None and not _figure(value):
+            raise ValueError(f"record.config.run.memory_limit_gib: {value!r} is not a positive number")
+
+
+def _figure(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _check_figures(part, where: str) -> None:
+    """Every measured figure (a time, a size) is finite and not negative: a record that says otherwise was not
+    written by a run, and is never ranked."""
+    for item in fields(part):
+        value = getattr(part, item.name)
+        if dataclasses.is_dataclass(value):
+            _check_figures(value, f"{where}.{item.name}")
+        elif isinstance(value, float) and not _figure(value):
+            raise ValueError(f"{where}.{item.name}: {value!r} is not a finite figure of 0 or more")
+        elif isinstance(value, list) and any(isinstance(v, float) and not _figure(v) for v in value):
+            raise ValueError(f"{where}.{item.name}: holds a figure that is negative or not finite")
+        elif isinstance(value, dict) and any(isinstance(v, float) and not _figure(v) for v in value.values()):
+            raise ValueError(f"{where}.{item.name}: holds a figure that is negative or not finite")
 
 
 def write_record(path: Path, record: Record) -> None:

@@ -130,9 +130,7 @@ def _parallel(plan: Plan) -> bool:
 
 
 def _too_few_gpus(plan: Plan) -> bool:
-    from qco.sweep.devices import (
-        visible_gpus,  # nvidia-smi: this process does not start CUDA for a count
-    )
+    from qco.sweep.devices import visible_gpus  # nvidia-smi: this process does not start CUDA for a count
 
     return _parallel(plan) and plan.target.is_cuda and visible_gpus() < plan.parallel.world_size
 

@@ -133,6 +133,8 @@ def _outside_a_closed_table(message: str, full_key: str) -> Optional[str]:
     if not found:
         return None
     name, table = found.groups()
+    stated = re.search(r"full_key: (\S+)", message)  # in a config file's error, Hydra writes it in the message
+    full_key = full_key or (stated.group(1) if stated else "")
     where = full_key[: -len(name) - 1] if full_key.endswith(f".{name}") else ""
     return closed_table_refusal(where, name, table) if where else None
 

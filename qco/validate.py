@@ -10,13 +10,13 @@ once; check_names here after it (the names only the libraries can judge); the ru
 import dataclasses
 import difflib
 import math
-import os
 from pathlib import Path
 from typing import List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from qco.config import Config
+from qco.files import inside
 from qco.groups.attention import check_attention_names
 from qco.groups.cache import check_cache
 from qco.groups.compile import check_compile, check_compile_names
@@ -68,12 +68,6 @@ def path_fields(cfg: Config):
         for field in dataclasses.fields(schema) if schema and dataclasses.is_dataclass(schema) else ():
             if field.metadata.get("path") and node[field.name] is not None:
                 yield f"{group}.{field.name}", str(node[field.name])
-
-
-def inside(path: str, folder: str) -> bool:
-    """Whether `path` lies inside `folder` or is it, links followed."""
-    path, folder = (os.path.realpath(os.path.abspath(os.path.expanduser(p))) for p in (path, folder))
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def check_paths(cfg: Config, run_dir: Path) -> List[str]:

@@ -112,7 +112,7 @@ CASES = [
     _after_compose("11-run.device=cuda-without-gpu", ["run.device=cuda"], [["run.device=cuda"]]),
     # torch's config modules are patched only after loading: a misspelt flag must stop the run before it
     _after_compose("11b-compile.inductor.bogus", ["compile=regional", "+compile.inductor.max_autotune_gem=true"],
-                   [["compile.inductor.max_autotune_gem", "torch._inductor.config", "spelling"]]),
+                   [["compile.inductor.max_autotune_gem", "torch._inductor.config", "max_autotune_gemm,"]]),
     _after_compose("11c-compile.mode=fast", ["compile=regional", "compile.mode=fast"],
                    [["compile.mode=fast", "max-autotune-no-cudagraphs"]]),
     # --- silent wrongs: each ran before, measuring something other than what its label says ---

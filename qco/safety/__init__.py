@@ -8,7 +8,7 @@ from typing import Callable, List
 
 from omegaconf import OmegaConf
 
-from qco.safety.check import check_composed, override_problems
+from qco.safety.check import check_composed, job_folder, link_problems, override_problems
 from qco.safety.compose import compose_command, config_loader, parsed_overrides
 from qco.safety.yaml_limits import checked_config_files
 from qco.validate import check_sweep
@@ -22,17 +22,31 @@ def check_command_line(argv: List[str], task_function: Callable, config_path: st
     args = get_args_parser().parse_args(argv)
     if args.shell_completion:
         return []
+    if args.experimental_rerun is not None:  # Hydra unpickles the file it names: a pickle runs anything
+        return [f"--experimental-rerun {args.experimental_rerun}: Hydra would unpickle that file, and unpickling runs "
+                "whatever it holds; fix: run a folder's rerun.yaml instead: python -m qco --config-dir RUN_DIR "
+                "--config-name rerun"]
     with checked_config_files():
         return _problems(args, task_function, config_path, config_name)
 
 
 def _problems(args, task_function: Callable, config_path: str, config_name: str) -> List[str]:
     loader = config_loader(args, task_function, config_path)
+    show_only = bool(args.cfg or args.info or args.help)
     sweep, jobs = compose_command(loader, args.config_name or config_name, list(args.overrides),
-                                  bool(args.multirun), show_only=bool(args.cfg or args.info or args.help))
+                                  bool(args.multirun), show_only=show_only)
     problems = override_problems(parsed_overrides(loader, sweep)) if sweep is not None else []
     for index, cfg in enumerate(jobs):
         problems += [p for p in check_composed(cfg, sweep is not None, index) if p not in problems]
+    if problems or show_only:
+        return problems
+    folders = [job_folder(cfg, sweep is not None, index) for index, cfg in enumerate(jobs)]
+    shared = sorted({folder for folder in folders if folders.count(folder) > 1})
+    if shared:  # Hydra would run them all in one folder: each would find the other's record and skip
+        return [f"hydra.sweep.subdir={sweep.hydra.sweep.subdir}: gives {folders.count(shared[0])} jobs one folder "
+                f"({shared[0]}), so each would find the other's record as its own; fix: leave it as packaged "
+                "(${hydra.job.override_dirname}), or name each job apart (e.g. ${hydra.job.num})"]
+    problems += link_problems(([str(sweep.hydra.sweep.dir)] if sweep is not None else []) + folders)
     if sweep is not None and jobs and not problems:  # what every job shares, before any job starts
         problems += check_sweep(OmegaConf.masked_copy(jobs[0], [k for k in jobs[0] if k != "hydra"]))
     return problems

@@ -27,8 +27,6 @@ TARGETS = (
     "optuna.samplers.CmaEsSampler",
     "optuna.samplers.GridSampler",
     "optuna.samplers.QMCSampler",
-    "torchao.quantization.PerRow",  # granularities of torchao's float8 configs (quant.kwargs)
-    "torchao.quantization.PerTensor",
 )
 # logging.config.dictConfig (hydra.job_logging, hydra.hydra_logging) builds these
 LOG_HANDLER_CLASSES = ("logging.StreamHandler", "logging.FileHandler", "logging.NullHandler")
@@ -84,3 +82,12 @@ def permitted(value, names: Tuple[str, ...]) -> Optional[str]:
     if any(obj is allowed for allowed in _loaded(names)):
         return None
     return "not one of the permitted names"
+
+# What a logging section (hydra.job_logging, hydra.hydra_logging) may hold, key by key: logging.config.dictConfig
+# acts on any key it is given (a handler's "." key sets attributes after the handler is built: baseFilename, mode),
+# so every other key is refused. Filters are left out: they are built by factories.
+LOG_SECTION_KEYS = ("version", "formatters", "handlers", "root", "loggers", "disable_existing_loggers", "incremental")
+LOG_FORMATTER_KEYS = ("format", "datefmt", "style", "validate", "()", "class", "log_colors", "reset")
+LOG_HANDLER_KEYS = ("class", "formatter", "level", "stream", "filename", "mode", "encoding", "delay")
+LOG_LOGGER_KEYS = ("level", "handlers", "propagate")
+LOG_FILE_MODES = ("a", "w")

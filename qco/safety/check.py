@@ -4,26 +4,24 @@ few other keys through which a config could run code or write where it likes."""
 
 import copy
 import os
+import re
 from typing import Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from qco.errors import QcoError
-from qco.safety.allowed import (
-    LOG_FACTORIES,
-    LOG_FORMATTER_CLASSES,
-    LOG_HANDLER_CLASSES,
-    LOG_STREAMS,
-    TARGETS,
-    permitted,
-)
+from qco.safety.allowed import (LOG_FACTORIES, LOG_FILE_MODES, LOG_FORMATTER_CLASSES, LOG_FORMATTER_KEYS,
+                                LOG_HANDLER_CLASSES, LOG_HANDLER_KEYS, LOG_LOGGER_KEYS, LOG_SECTION_KEYS, LOG_STREAMS,
+                                TARGETS, permitted)
 
 # hydra.job.env_set is applied to os.environ while the job runs, and a sweep job's process
 # inherits it: LD_PRELOAD, PYTHONPATH or PYTHONSTARTUP would run code. These are the ones a run
 # may need set.
+# None of them moves a cache, a library's search path or a compiler: TORCHINDUCTOR_CACHE_DIR is not among them
+# (a prepared folder would feed inductor cache entries, which torch loads), nor HF_HOME, CC, CXX or the QCO_* stores.
 ENV_SET_ALLOWED = ("CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM",
-                   "HF_HUB_OFFLINE", "TORCHINDUCTOR_CACHE_DIR")
+                   "HF_HUB_OFFLINE")
 FIX = "fix: remove it, or use a packaged option"
 BUILDER_KEYS = ("_target_", "()", "class")  # keys whose value names something to import and call
 MAX_DEPTH = 64
@@ -79,8 +77,8 @@ def refusal(key: str, value, why: str, allowed) -> str:
     else:
         key = f"{key}={value}"
     if allowed is TARGETS:  # too many to print: say what they are
-        names = ("qco's sweep callback, the launchers and sweepers of Hydra and its plugins, Optuna's samplers and "
-                 "torchao's granularities (listed in qco/safety/allowed.py)")
+        names = ("qco's sweep callback, the launchers and sweepers of Hydra and its plugins and Optuna's samplers "
+                 "(listed in qco/safety/allowed.py)")
     else:
         names = ", ".join(allowed)
     return f"{key}: {why}; a config may name only {names}; {FIX}"
@@ -101,12 +99,49 @@ def _logging_builder(path: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
     return None
 
 
+def _logging_shape_problems(name: str, section) -> List[str]:
+    """Every key of a logging section must be one dictConfig is given by a logging config qco permits
+    (qco/safety/allowed.py): the section's, a formatter's, a handler's, a logger's."""
+    problems = []
+
+    def refuse(key: str, allowed) -> None:
+        problems.append(f"{key}: not a logging setting a config may make (logging acts on any key, and this one could "
+                        f"write or run what it names); allowed here: {', '.join(allowed)}; {FIX}, such as "
+                        "hydra/job_logging=default, disabled or stdout")
+
+    def table(value) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    for key, value in section.items():
+        if key not in LOG_SECTION_KEYS:
+            refuse(f"{name}.{key}", LOG_SECTION_KEYS)
+    for kind, keys in (("formatters", LOG_FORMATTER_KEYS), ("handlers", LOG_HANDLER_KEYS),
+                       ("loggers", LOG_LOGGER_KEYS)):
+        for entry, settings in table(section.get(kind)).items():
+            for key in table(settings):
+                if key not in keys:
+                    refuse(f"{name}.{kind}.{entry}.{key}", keys)
+    for key in table(section.get("root")):
+        if key not in LOG_LOGGER_KEYS:
+            refuse(f"{name}.root.{key}", LOG_LOGGER_KEYS)
+    for entry, settings in table(section.get("handlers")).items():
+        mode = table(settings).get("mode")
+        if mode is not None and mode not in LOG_FILE_MODES:
+            problems.append(f"{name}.handlers.{entry}.mode={mode}: a log file is appended to or written anew "
+                            f"({', '.join(LOG_FILE_MODES)}); {FIX}")
+    return problems
+
+
 def _logging_problems(name: str, section, folder: str) -> List[str]:
     """logging.config.dictConfig builds `()` factories, handler and formatter classes and `ext://`
     objects, and a FileHandler writes where its filename says."""
     if section is None:
         return []
-    problems = []
+    try:
+        shape = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else section
+    except Exception:  # noqa: BLE001 - an interpolation that fails: named by the walk below
+        shape = {}
+    problems = _logging_shape_problems(name, shape if isinstance(shape, dict) else {})
     for path, value in walk(section):
         key = ".".join((name,) + path)
         if isinstance(value, _Unresolvable):
@@ -141,20 +176,46 @@ def _sweeper_and_launcher_problems(hydra, sweep_dir: Optional[str]) -> List[str]
     if sweep_dir is not None:  # a sweep: its launcher is built
         problems += [f"hydra.launcher.{key}: required and not set; fix: add hydra.launcher.{key}=<value> to the command"
                      for key in sorted(OmegaConf.missing_keys(launcher))]
-    if sweep_dir is not None and str(launcher.get("_target_", "")).endswith("SlurmLauncher") and not problems:
-        from qco.sweep.slurm import (
-            launcher_problems,  # asks sinfo: only for a sweep the rest lets through
-        )
-
-        problems += launcher_problems(launcher)
     for key in ("submitit_folder", "temp_folder"):  # where submitit and joblib write their files
         folder = launcher.get(key)
-        if folder is not None and sweep_dir and not _inside(str(folder).split("%")[0] + "x", sweep_dir):
+        # submitit fills %j, %A, %a, %t and the like with job numbers: checked as filled, `..` after one included
+        expanded = re.sub(r"%+[A-Za-z]", "1", str(folder)) if folder is not None else None
+        if folder is not None and sweep_dir and not _inside(os.path.join(expanded, "x"), sweep_dir):
             problems.append(f"hydra.launcher.{key}={folder}: the launcher's files must lie inside the sweep folder "
                             f"({sweep_dir}); fix: leave it as packaged (${{hydra.sweep.dir}}/...)")
+    if sweep_dir is not None and str(launcher.get("_target_", "")).endswith("SlurmLauncher") and not problems:
+        from qco.sweep.slurm import launcher_problems  # asks sinfo: only for a sweep the rest lets through
+
+        problems += launcher_problems(launcher)
     if launcher.get("setup"):  # submitit writes these lines into the job script
         problems.append(f"hydra.launcher.setup={list(launcher.get('setup'))}: shell commands for the job script, and "
                         "a config may not run code; fix: set up the environment in your cluster's job profile instead")
+    return problems
+
+
+def _callback_and_params_problems(hydra) -> List[str]:
+    """A callback is named by its `_target_` alone (qco's take no arguments, and Hydra would hand any other key to
+    it); a sweeper's parameter is a value or a sweep of values, as the command line writes them."""
+    problems = []
+    for name, callback in (hydra.get("callbacks") or {}).items():
+        extra = sorted(str(key) for key in (callback.keys() if isinstance(callback, DictConfig) else []) if key != "_target_")
+        try:
+            refused = isinstance(callback, DictConfig) and permitted(callback.get("_target_"), TARGETS)
+        except Exception:  # noqa: BLE001 - an interpolation: refused by the _target_ check, in one line
+            refused = True
+        if refused:
+            continue  # its _target_ is refused already, in one line
+        if not isinstance(callback, DictConfig) or extra:
+            what = f"the keys {', '.join(extra)}" if extra else f"a {type(callback).__name__}"
+            problems.append(f"hydra.callbacks.{name}: {what}; a callback is named by its _target_ alone, and takes no "
+                            f"arguments; {FIX}")
+    params = hydra.get("sweeper", {}).get("params") if isinstance(hydra.get("sweeper"), DictConfig) else None
+    for key, value in (params or {}).items():
+        plain = not isinstance(value, DictConfig) and (not isinstance(value, ListConfig)
+                                                       or all(not isinstance(v, (DictConfig, ListConfig)) for v in value))
+        if not plain:
+            problems.append(f"hydra.sweeper.params.{key}: a table; a sweep parameter is written as on the command line, "
+                            f"e.g. hydra.sweeper.params.{key}='a,b' or choice(a, b); fix: write its values that way")
     return problems
 
 
@@ -179,6 +240,38 @@ def _folder_problems(hydra, multirun: bool, output_dir: str) -> List[str]:
                             f"(others, such as LD_PRELOAD or PYTHONPATH, can run code); fix: remove it, or set it in "
                             "your shell")
     return problems
+
+
+def links_in(folder: str, depth: int = 3) -> List[str]:
+    """The symbolic links at or inside a folder qco or Hydra is about to write into (a job's .hydra/, its log, its
+    lock): Hydra and the libraries open such files where they are, and a planted link would have them truncate or
+    fill the file it points at."""
+    found = [folder] if os.path.islink(folder) else []
+    if found or not os.path.isdir(folder):
+        return found
+    base = folder.rstrip(os.sep).count(os.sep)
+    for root, dirs, files in os.walk(folder):
+        found += [os.path.join(root, name) for name in dirs + files if os.path.islink(os.path.join(root, name))]
+        if root.count(os.sep) - base >= depth:
+            dirs[:] = []
+    return found
+
+
+def link_problems(folders: List[str]) -> List[str]:
+    links = sorted({os.path.abspath(link) for folder in folders for link in links_in(folder)})
+    return [f"{link}: a symbolic link in the folder this run writes into (to {os.readlink(link)!r}); qco never writes "
+            "through a link; fix: remove it (rm), or run into a new folder" for link in links[:5]]
+
+
+def job_folder(cfg, multirun: bool, job_num: int = 0) -> str:
+    """The folder Hydra will run this job in (a sweep's job: numbered as Hydra numbers it)."""
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(cfg, False)
+    OmegaConf.set_struct(cfg, False)
+    if multirun:
+        cfg.hydra.job.num = job_num
+        cfg.hydra.job.id = cfg.hydra.job.id if cfg.hydra.job.get("id") not in (None, "???") else f"job_{job_num}"
+    return os.path.abspath(output_dir_of(cfg, multirun))
 
 
 def output_dir_of(cfg, multirun: bool) -> str:
@@ -210,6 +303,7 @@ def check_composed(cfg: DictConfig, multirun: bool, job_num: int = 0) -> List[st
         return (_target_problems(cfg)
                 + _logging_problems("hydra.job_logging", cfg.hydra.get("job_logging"), output_dir)
                 + _logging_problems("hydra.hydra_logging", cfg.hydra.get("hydra_logging"), log_folder)
+                + _callback_and_params_problems(cfg.hydra)
                 + _sweeper_and_launcher_problems(cfg.hydra, str(cfg.hydra.sweep.dir) if multirun else None)
                 + _folder_problems(cfg.hydra, multirun, output_dir))
     finally:

@@ -16,7 +16,7 @@ from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobRuntime, setup_globals
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from qco.errors import QcoError
 from qco.safety.yaml_limits import UnsafeConfigFile, escapes_its_folder
@@ -24,6 +24,31 @@ from qco.safety.yaml_limits import UnsafeConfigFile, escapes_its_folder
 # Composing one job's config takes about 50 ms; a sweep whose options alone make more combinations
 # than this is refused rather than checked for minutes.
 MAX_COMBINATIONS = 4096
+
+
+class CheckedLoader(ConfigLoaderImpl):
+    """Hydra's loader, with its search path checked before Hydra opens it: a `pkg://` entry imports that Python
+    package while the config is composed (a module planted in the working folder would run), so an entry is a
+    folder (file://DIR or a plain path) or qco's own package."""
+
+    def _process_config_searchpath(self, config_name, parsed_overrides, repo) -> None:
+        entries = next((o.value() for o in parsed_overrides if o.get_key_element() == "hydra.searchpath"), None)
+        if entries is None and config_name is not None:
+            loaded = repo.load_config(config_path=config_name)
+            entries = OmegaConf.select(loaded.config, "hydra.searchpath") if loaded is not None else None
+        for entry in (entries if isinstance(entries, (list, ListConfig)) else []):
+            if isinstance(entry, str) and not _folder_entry(entry):
+                raise QcoError(f"hydra.searchpath=[{entry}]: a search path entry names a folder of configs "
+                               "(file://DIR or DIR); any other provider is refused, pkg:// of anything but qco "
+                               "imports that package while composing; fix: give the folder, e.g. "
+                               "hydra.searchpath=[file:///path/to/conf], or use --config-dir DIR")
+        super()._process_config_searchpath(config_name, parsed_overrides, repo)
+
+
+def _folder_entry(entry: str) -> bool:
+    if entry.startswith("pkg://"):
+        return entry[len("pkg://"):].split(".")[0].split("/")[0] == "qco"
+    return entry.startswith("file://") or "://" not in entry
 
 
 def config_loader(args, task_function: Callable, config_path: str) -> ConfigLoaderImpl:
@@ -39,7 +64,7 @@ def config_loader(args, task_function: Callable, config_path: str) -> ConfigLoad
                             anchor=SearchPathQuery(provider="schema"))
     setup_globals()  # the now: and hydra: resolvers
     JobRuntime().set("name", detect_task_name(calling_file, calling_module))
-    return ConfigLoaderImpl(config_search_path=search_path)
+    return CheckedLoader(config_search_path=search_path)
 
 
 def compose_command(loader: ConfigLoaderImpl, config_name: str, overrides: List[str],
@@ -47,9 +72,18 @@ def compose_command(loader: ConfigLoaderImpl, config_name: str, overrides: List[
     """The sweep's own config (None for a run), and the configs its runs will have: one for a run, one
     per distinct combination of options for a sweep (values that select no option take their first)."""
     refuse_options_outside(loader, config_name, overrides)
+    refuse_tables_as_sweep_params(overrides)
     # Hydra reads hydra.mode from a config composed for a sweep, without checking sweep overrides
-    probe = loader.load_configuration(config_name, overrides, RunMode.MULTIRUN, from_shell=True,
-                                      validate_sweep_overrides=False)
+    try:
+        probe = loader.load_configuration(config_name, overrides, RunMode.MULTIRUN, from_shell=True,
+                                          validate_sweep_overrides=False)
+    except (AssertionError, AttributeError) as error:  # OmegaConf's, where an override sets a key under a null table
+        params = [o for o in overrides if o.lstrip("+~").startswith("hydra.sweeper.params")]
+        if not params:
+            raise
+        raise QcoError(f"{params[0]}: hydra.sweeper.params is null here, and Hydra cannot set a key of a null table "
+                       "from the command line; fix: sweep on the command line (python -m qco -m quant=none,nf4), or put "
+                       "the parameters in an experiment file, as conf/experiment/fit_card.yaml does") from error
     multirun = multirun_flag or (probe.hydra.mode == RunMode.MULTIRUN and not show_only)
     if not multirun:
         return None, [loader.load_configuration(config_name, overrides, RunMode.RUN, from_shell=True)]
@@ -75,9 +109,29 @@ def refuse_options_outside(loader: ConfigLoaderImpl, config_name: str, overrides
                                    "without '..' or a leading '/', and add its folder with --config-dir")
 
 
+PARAMS_FIX = ("a sweep parameter is written as on the command line: hydra.sweeper.params.quant='none,nf4' (or "
+              "choice(none, nf4) for a search); fix: write its values that way")
+
+
+def refuse_tables_as_sweep_params(overrides: List[str]) -> None:
+    """hydra.sweeper.params holds strings (Hydra's schema); a table there ends Hydra's composing in a traceback."""
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if not key.startswith("hydra.sweeper.params") or override.is_sweep_override():
+            continue
+        value = override.value()
+        values = value.values() if key == "hydra.sweeper.params" and isinstance(value, dict) else [value]
+        if any(isinstance(v, (dict, list)) for v in values):
+            raise QcoError(f"{override.input_line}: a table where {key} takes text; {PARAMS_FIX}")
+
+
 def parsed_overrides(loader: ConfigLoaderImpl, master: DictConfig) -> list:
     """The sweep's overrides as its sweeper will read them: hydra.sweeper.params, then the command's."""
-    params = [f"{key}={value}" for key, value in (OmegaConf.select(master, "hydra.sweeper.params") or {}).items()]
+    table = OmegaConf.select(master, "hydra.sweeper.params") or {}
+    for key, value in table.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise QcoError(f"hydra.sweeper.params.{key}: a {type(value).__name__}; {PARAMS_FIX}")
+    params = [f"{key}={value}" for key, value in table.items()]
     arguments = list(OmegaConf.to_container(master.hydra.overrides.task))
     return OverridesParser.create(config_loader=loader).parse_overrides(params + arguments)
 

@@ -6,13 +6,16 @@ writes sweep.md, sweep.csv, sweep.json, pareto.png and grid.png into it and prin
 
 import csv
 import io
+import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from qco.files import write_atomic, write_json_atomic, write_text_atomic
+from qco.files import inside, write_atomic, write_json_atomic, write_text_atomic
 from qco.record import RESULTS, SCHEMA_VERSION, TIDY_COLUMNS, Row, Status, read_rows
 from qco.resolvers import NOT_PART_OF_THE_NAME
+
+log = logging.getLogger(__name__)
 
 # sweep.md, for reading: what tells the rows apart (sweep.csv and sweep.json have every column: TIDY_COLUMNS)
 COLUMNS = ["job", "status", "cap_gib", "latency_s", "latency_stdev_s", "first_call_s", "compile_start", "peak_allocated_gib",
@@ -172,13 +175,41 @@ def image_grid(rows: List[Row], path: Path, tile: int = 256) -> None:
     draw = ImageDraw.Draw(grid)
     for index, row in enumerate(done):
         x, y = index % columns * tile, index // columns * (tile + label_height)
-        with Image.open(row.dir.parent / row.images[0]) as image:  # relative to the sweep folder
-            grid.paste(image.convert("RGB").resize((tile, tile)), (x, y))
+        image = _tile(row.dir.parent, row.images[0], tile)
+        if image is not None:
+            grid.paste(image, (x, y))
         draw.text((x + 4, y + tile + 2), row.job[:48], fill="black")
         draw.text((x + 4, y + tile + 14), f"{row.latency_s:.3f} s", fill="black")
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
     write_bytes_atomic(path, buffer.getvalue())
+
+
+MAX_IMAGE_SIDE = 16384  # pixels: more than any image a run writes; a larger one is not read
+
+
+def _tile(sweep_dir: Path, name: str, tile: int):
+    """A job's image shrunk to a tile, or None (logged, naming the file) where it is not one to read: a link out of
+    the sweep folder, not an image, or one that declares more pixels than a run writes."""
+    from PIL import Image
+
+    path = sweep_dir / name
+    if not inside(str(path), str(sweep_dir)):
+        log.warning("%s: leads outside the sweep folder (a link?); not read into grid.png", path)
+        return None
+    try:
+        with Image.open(path) as image:  # reads the header only: the declared size comes first
+            if max(image.size) > MAX_IMAGE_SIDE:
+                log.warning("%s: declares %dx%d pixels, more than a run writes; not read into grid.png", path,
+                            *image.size)
+                return None
+            return image.convert("RGB").resize((tile, tile))
+    except Image.DecompressionBombError:  # PIL's own bound on the declared size, past MAX_IMAGE_SIDE's
+        log.warning("%s: declares more pixels than a run writes; not read into grid.png", path)
+        return None
+    except (OSError, ValueError) as error:
+        log.warning("%s: not an image qco can read (%s); left out of grid.png", path, type(error).__name__)
+        return None
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -6,7 +6,26 @@ import sys
 from pathlib import Path
 
 
+def end_with_parent() -> None:
+    """The job's lock belongs to the sweep's process that started this one (qco/sweep/job.py): if that process dies,
+    even by kill -9, the kernel kills this one too (PR_SET_PDEATHSIG), so that a resumed sweep, which takes the lock
+    again, never has two processes measuring one job. Where it had already died, this one ends at once."""
+    import ctypes
+    import os
+    import signal
+
+    from qco.sweep.isolate import PARENT
+
+    parent = os.environ.get(PARENT)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the sweep died before the line above
+        os._exit(128 + signal.SIGKILL)
+
+
 def main(run_dir: Path) -> None:
+    end_with_parent()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     from qco.config import typed
     from qco.errors import QcoError

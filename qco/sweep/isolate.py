@@ -15,10 +15,11 @@ from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from qco.files import write_json_atomic
+from qco.files import open_own, write_json_atomic
 from qco.record import RESULTS, Record, Status, read_record, write_record
 
 JOB_FILE = "job.json"  # the resolved config and overrides handed to the job's process
+PARENT = "QCO_SWEEP_PARENT"  # the pid of the sweep's process, which holds the job's lock
 
 
 def run_isolated(cfg, run_dir: Path, overrides: List[str], env: Optional[Dict[str, str]] = None) -> Record:
@@ -26,9 +27,12 @@ def run_isolated(cfg, run_dir: Path, overrides: List[str], env: Optional[Dict[st
     A process that died without recording (killed, out of host memory, a segfault) is recorded here."""
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     write_json_atomic(run_dir / JOB_FILE, {"config": config, "overrides": overrides})
-    with open(run_dir / "job.log", "a") as log_file:
+    with open_own(run_dir / "job.log", "a") as log_file:
+        # the child ends with this process (qco/sweep/child.py): a sweep killed with kill -9 leaves no job measuring
+        # while a resumed sweep measures it again
         process = subprocess.run([sys.executable, "-m", "qco.sweep.child", str(run_dir)],
-                                 stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                                 stdout=log_file, stderr=subprocess.STDOUT,
+                                 env={**os.environ, **(env or {}), PARENT: str(os.getpid())})
     results = run_dir / RESULTS
     try:
         record = read_record(results)

@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple, Union
 
+from qco.config import combination
 from qco.errors import QcoError
+from qco.files import open_own
 from qco.record import RESULTS, Record, Status, read_record, read_rows
 from qco.sweep.devices import gpu_lease
 from qco.sweep.isolate import run_isolated
-from qco.sweep.resume import recorded
+from qco.sweep.resume import another_combination, recorded
 from qco.validate import check_sweep
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,9 @@ def sweep_job(cfg, run_dir: Path, overrides: List[str]) -> Union[float, Tuple[fl
     if problems:  # the same for every job: stop the sweep with one line rather than run it all
         raise QcoError(problems)
     with job_lock(run_dir):  # a second sweep on the same folder waits here, then finds the record
-        record = None if cfg.sweep.remeasure else recorded(run_dir, cfg.sweep.retry_failed)
-        if cfg.sweep.remeasure:
-            keep_earlier_record(run_dir)
+        record = None if cfg.sweep.remeasure else recorded(run_dir, cfg.sweep.retry_failed, combination(cfg), overrides)
+        if cfg.sweep.remeasure or another_combination(run_dir, combination(cfg), overrides):
+            keep_earlier_record(run_dir)  # measured anew: the earlier record in the folder is kept beside
         if record is not None:
             log.info("Skipping %s: already recorded as %s (%s)", run_dir.name, record.status,
                      "sweep.retry_failed=true runs it again" if record.status == Status.failed
@@ -67,9 +69,7 @@ def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[Rec
         from qco.console import quiet_libraries
 
         quiet_libraries(cfg.run.library_logs)  # their import-time warnings, as in a job's own process
-        from qco.execute import (
-            check_and_plan,  # torch and diffusers, once per launcher process
-        )
+        from qco.execute import check_and_plan  # torch and diffusers, once per launcher process
         from qco.fit import check_fits
         from qco.stores.models import present_source
 
@@ -126,7 +126,7 @@ def job_lock(run_dir: Path) -> Iterator[None]:
     measure the same job at once: the second waits, says so, and then finds the first one's record.
     An flock: the kernel releases it when its process dies, so a killed sweep leaves no stale lock."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "a+") as handle:
+    with open_own(run_dir / LOCK_FILE, "a+") as handle:  # a link planted in its place is refused, never followed
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
