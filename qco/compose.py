@@ -6,16 +6,25 @@ of its group (qco/groups/):
 
 Warm-up and the measured calls follow in qco/measure.py. Each step calls diffusers' own API."""
 
+import logging
 import time
+from pathlib import Path
+from typing import Optional
+
+import torch
 
 from qco.groups.cache import enable_step_cache
 from qco.groups.compile import compile_denoiser
-from qco.groups.model import load_pipeline
+from qco.groups.model import LoadStep
 from qco.groups.offload import place_pipeline
 from qco.groups.parallel import split_across_ranks
+from qco.groups.quant import bitsandbytes_on_cpu, quantization_config
 from qco.groups.tweaks import tune_pipeline
+from qco.models.build import pipeline_class
 from qco.plan import Plan
-from qco.stores.quantized import keep, store_folder, store_key
+from qco.stores.quantized import keep, load_kept, store_folder, store_key
+
+log = logging.getLogger(__name__)
 
 
 def compose_pipeline(plan: Plan):
@@ -43,3 +52,21 @@ def compose_pipeline(plan: Plan):
     enable_step_cache(pipe, plan.cache, plan.tune.component)
     compile_denoiser(pipe, plan.compile)
     return pipe, seconds, store
+
+
+def load_pipeline(load: LoadStep, store: Optional[Path] = None, runs_on_cpu: bool = False):
+    """The pipeline, and whether its quantized components came from the store (`store`: their folder there;
+    None: quantize at load, keep nothing)."""
+    log.info("Loading %s from %s", load.pipeline, load.source)
+    with bitsandbytes_on_cpu(load.bitsandbytes_on_cpu):
+        kept = load_kept(store, load, runs_on_cpu) if store is not None else None
+        pipe = pipeline_class(load.pipeline).from_pretrained(
+            load.source,
+            dtype=getattr(torch, load.dtype),
+            quantization_config=None if kept else quantization_config(load),
+            device_map=load.device_map,
+            use_safetensors=True,  # never pickle files: loading them can run code
+            trust_remote_code=load.trust_remote_code,
+            **(kept or {}),  # components passed in are not loaded again
+        )
+    return pipe, kept is not None

@@ -1,16 +1,14 @@
-"""What a run does once its values are checked: plan, load and compose, measure, compare with the
-reference. Imports torch and diffusers (qco/runner.py imports this only after the value checks)."""
+"""What a run does once it is planned and its rules passed: load and compose, measure, compare with the
+reference, write the images. Imports torch and diffusers (qco/runner.py imports this only once it has a plan)."""
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
 
 from qco.compose import compose_pipeline
-from qco.config import Config, combination
-from qco.errors import QcoError
+from qco.config import Config
 from qco.files import save_image_atomic, save_video_atomic
 from qco.groups.compile import compile_settings
 from qco.groups.model import load_refusal
@@ -25,7 +23,7 @@ from qco.measure import (
     stats,
 )
 from qco.oom import out_of_memory
-from qco.plan import Plan, draft_plan
+from qco.plan import Plan
 from qco.record import (
     LatencyStats,
     Measured,
@@ -37,23 +35,10 @@ from qco.record import (
     run_setting,
 )
 from qco.report import environment
-from qco.rules import apply_rules
 from qco.stores.compiled import open_store
 from qco.stores.references import measure_quality
-from qco.target import Target, resolve_target
-from qco.validate import check_names, check_values
 
 log = logging.getLogger(__name__)
-
-def check_and_plan(cfg: Config, target: Optional[Target] = None) -> Plan:
-    """Everything that can be known before any weights load: bad values, refusals, adjustments.
-    `target`: the device as already known (a sweep's launcher knows it without initialising CUDA)."""
-    problems = check_values(cfg) + check_names(cfg)
-    if problems:
-        raise QcoError(problems)
-    target = target or resolve_target(cfg.run.device)
-    return apply_rules(draft_plan(cfg, target), combination(cfg))
-
 
 def measure_run(cfg: Config, plan: Plan, run_dir: Path) -> Measured:
     host, device, phase = HostMemory(), DeviceMemory(plan.target.device), Phase("load and placement")

@@ -1,6 +1,6 @@
-"""One run, start to end: check -> plan -> compose -> measure -> write. __main__ calls it with the
-composed config; tests call it directly. This module imports no torch: a value error is reported
-before the libraries load (qco/execute.py does the rest)."""
+"""One run, start to end, its stages in the order they happen (run below): check -> plan -> rules -> load and
+apply -> measure -> write. __main__ calls it with the composed config; tests call it directly. This module
+imports no torch at its top: a value error is reported before the libraries load (qco/execute.py measures)."""
 
 import logging
 import os
@@ -53,6 +53,21 @@ def _launcher_target(cfg: Config):
     return target_without_cuda(cfg.run.device)
 
 
+def check_and_plan(cfg: Config, target=None):
+    """Everything that can be known before any weights load: bad values and names, the plan, the rules' refusals
+    and adjustments. `target`: the device as already known (a sweep's launcher knows it without starting CUDA).
+    Imports torch and diffusers."""
+    from qco.plan import draft_plan
+    from qco.rules import apply_rules
+    from qco.target import resolve_target
+    from qco.validate import check_names
+
+    problems = check_values(cfg) + check_names(cfg)
+    if problems:
+        raise QcoError(problems)
+    return apply_rules(draft_plan(cfg, target or resolve_target(cfg.run.device)), combination(cfg))
+
+
 def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Record:
     """Run one combination and write results.json and the images into run_dir. A refused or failed
     run still writes results.json, with its status and reason, then raises."""
@@ -63,15 +78,14 @@ def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Re
         # kill -9) leaves this record, not nothing; the finally below replaces it
         write_record(run_dir / RESULTS, record)
         write_rerun_config(run_dir, cfg)
+        # 1. check: every single value (each group's own checks), before torch loads: quick, no library's warnings
         problems = check_values(cfg, run_dir)
-        if problems:  # before torch loads: quick, and with no library's warnings in front
+        if problems:
             raise QcoError(problems)
         from qco.console import quiet_libraries
 
         quiet_libraries(cfg.run.library_logs)  # before the libraries load: their import-time warnings too
-        from qco.execute import check_and_plan, measure_run
-        from qco.stores.models import resolve_source
-
+        # 2. plan, each group its step, then 3. the rules between groups: adjusted or refused, nothing loaded
         plan = check_and_plan(cfg, _launcher_target(cfg))
         record.plan = plan.as_dict()
         for line in plan.describe():
@@ -79,9 +93,10 @@ def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Re
         if cfg.run.dry_run:
             record.status = Status.planned
             return record
-        plan.load.source = resolve_source(cfg.model, cfg.paths.models)  # builds a recipe model once
         from qco.fit import check_fits
+        from qco.stores.models import resolve_source
 
+        plan.load.source = resolve_source(cfg.model, cfg.paths.models)  # builds a recipe model once
         check_fits(plan, Path(plan.load.source), cfg)  # a cap its weights alone exceed: refused, nothing loaded
         record.plan = plan.as_dict()
         if plan.parallel.world_size > 1:
@@ -90,6 +105,9 @@ def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Re
             if not is_worker():  # checked, planned and built here; one process per GPU runs it (rank 0 records)
                 record = run_parallel(cfg, run_dir, list(overrides or []), plan.parallel.world_size, run)
                 return record
+        # 4. load and apply (qco/compose.py: each group's apply code, in order), 5. measure, 6. write
+        from qco.execute import measure_run
+
         record.add(measure_run(cfg, plan, run_dir))
         record.status = Status.ok
         return record

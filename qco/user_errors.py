@@ -109,7 +109,7 @@ def _nearest_key(args: List[str], message: str) -> Optional[str]:
 
 
 def _schema_node(parents: List[str]):
-    """The type qco/config.py's schema gives the key at the path `parents` (a dataclass, Dict[...], ...), or None
+    """The type the schema (qco/config.py, qco/groups/) gives the key at the path `parents` (a dataclass, Dict[...], ...), or None
     where the path leaves the schema."""
     import dataclasses
     import typing
@@ -140,7 +140,7 @@ def _outside_a_closed_table(message: str, full_key: str) -> Optional[str]:
 
 
 def _closed_choice(error: BaseException, args: List[str]) -> Optional[List[str]]:
-    """A value outside one of the schema's closed choices (an enum of qco/config.py), as Hydra refuses it."""
+    """A value outside one of the schema's closed choices (an enum of qco/groups/), as Hydra refuses it."""
     import re
 
     text, cause = "", error

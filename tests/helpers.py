@@ -14,7 +14,7 @@ import torch
 from qco.compose import compose_pipeline
 from qco.measure import measure_calls
 from qco.stores.models import resolve_source
-from qco.execute import check_and_plan
+from qco.runner import check_and_plan
 from qco.groups.run import call_kwargs
 
 QUANTIZED_LAYER = {"nf4": bnb.nn.Linear4bit, "fp4": bnb.nn.Linear4bit, "int8": bnb.nn.Linear8bitLt}

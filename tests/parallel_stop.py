@@ -13,6 +13,7 @@ def main(models: str, run_dir: Path) -> None:
     from qco.registry import register_configs
     from qco.stores.models import resolve_source
     from qco.ranks import run_parallel
+    from qco.runner import run
     from qco.config import typed
 
     register_configs()
@@ -23,7 +24,7 @@ def main(models: str, run_dir: Path) -> None:
     run_dir.mkdir(parents=True)
     raised = {"type": None}
     try:
-        run_parallel(cfg, run_dir, [], world_size=2)
+        run_parallel(cfg, run_dir, [], world_size=2, run=run)
     except BaseException as error:
         raised = {"type": type(error).__name__, "exit_code": getattr(error, "exit_code", None),
                   "status": getattr(error, "status", None), "message": str(error)}

@@ -56,6 +56,7 @@ def touching_script(tmp_path: Path) -> Path:
     ({"cpp.cxx": "SCRIPT"}, "compile.inductor.cpp.cxx"),
     ({"trace.enabled": True, "trace.debug_dir": "MARKER"}, "compile.inductor.trace.enabled"),
 ])
+@pytest.mark.slow
 def test_an_inductor_key_outside_the_schema_is_refused(inductor, key, tmp_path, models_cache):
     values = {name: str(touching_script(tmp_path)) if value == "SCRIPT" else str(tmp_path / MARKER)
               if value == "MARKER" else value for name, value in inductor.items()}
@@ -76,6 +77,7 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.slow
 def test_experimental_rerun_is_refused_before_any_pickle_is_read(tmp_path, models_cache):
     pickled = tmp_path / "config.pickle"
     pickled.write_bytes(pickle.dumps(_Payload(tmp_path / MARKER)))
@@ -84,6 +86,7 @@ def test_experimental_rerun_is_refused_before_any_pickle_is_read(tmp_path, model
     assert not (tmp_path / MARKER).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["override", "primary config"])
 def test_a_package_on_the_search_path_is_never_imported(where, tmp_path, models_cache):
     """pkg://X imports X while Hydra composes: a module planted in the working folder would run."""
@@ -100,6 +103,7 @@ def test_a_package_on_the_search_path_is_never_imported(where, tmp_path, models_
 
 # --- files would be written or truncated ---
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["experiment", "job_logging option"])
 def test_a_logging_key_outside_the_schema_is_refused(how, tmp_path, models_cache):
     """A handler's '.' key sets attributes after dictConfig built the handler: baseFilename past the filename check."""
@@ -120,6 +124,7 @@ def test_a_logging_key_outside_the_schema_is_refused(how, tmp_path, models_cache
     assert victim.read_text() == "kept\n"
 
 
+@pytest.mark.slow
 def test_a_link_in_place_of_a_job_lock_is_refused(small_sweep, tmp_path, models_cache):
     sweep = copy_sweep(small_sweep, tmp_path)
     victim = tmp_path / "victim"
@@ -132,6 +137,7 @@ def test_a_link_in_place_of_a_job_lock_is_refused(small_sweep, tmp_path, models_
     assert victim.read_text() == "kept\n"
 
 
+@pytest.mark.slow
 def test_a_link_in_place_of_a_store_lock_is_refused(tmp_path, make_cfg):
     """The models store's lock (the other three stores take theirs the same way, qco/files.py folder_lock)."""
     from qco.stores.models import built_folder
@@ -148,6 +154,7 @@ def test_a_link_in_place_of_a_store_lock_is_refused(tmp_path, make_cfg):
     assert victim.read_text() == "kept\n" and not folder.exists()
 
 
+@pytest.mark.slow
 def test_the_launcher_folder_is_checked_after_its_placeholders(tmp_path, models_cache):
     result = qco_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.submitit_folder=${hydra.sweep.dir}/%j/../../..",
                       "quant=none,int8", "run.dry_run=true"], tmp_path, models_cache)
@@ -159,6 +166,7 @@ def test_the_launcher_folder_is_checked_after_its_placeholders(tmp_path, models_
     (["offload=group_block", "offload.offload_to_disk_path=OUTSIDE"], "offload.offload_to_disk_path=OUTSIDE"),
     (["+hydra.job.env_set.TORCHINDUCTOR_CACHE_DIR=OUTSIDE"], "hydra.job.env_set.TORCHINDUCTOR_CACHE_DIR"),
 ])
+@pytest.mark.slow
 def test_a_folder_a_library_writes_into_must_be_qcos(args, key, tmp_path, models_cache):
     outside = tmp_path / "elsewhere"
     args = [arg.replace("OUTSIDE", str(outside)) for arg in args]
@@ -167,6 +175,7 @@ def test_a_folder_a_library_writes_into_must_be_qcos(args, key, tmp_path, models
     assert not outside.exists()
 
 
+@pytest.mark.slow
 def test_an_empty_compile_store_variable_is_refused(tmp_path, models_cache):
     result = qco_cli(["compile=regional", "run.dry_run=true"], tmp_path, models_cache, QCO_COMPILE_CACHE="")
     assert_one_line(result, "paths.compile_cache=''", "QCO_COMPILE_CACHE")
@@ -174,12 +183,14 @@ def test_an_empty_compile_store_variable_is_refused(tmp_path, models_cache):
 
 # --- silent wrongs and lost data ---
 
+@pytest.mark.slow
 def test_a_sweep_folder_setting_that_gives_jobs_one_folder_is_refused(tmp_path, models_cache):
     result = qco_cli(["-m", "quant=none,int8", "hydra.sweep.subdir=same", "run.dry_run=true"], tmp_path, models_cache)
     assert_one_line(result, "hydra.sweep.subdir=same", "2 jobs one folder")
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_a_record_of_another_combination_is_never_reused(small_sweep, tmp_path, models_cache):
     """Two jobs' records swapped: each job is measured again (never skipped as its own), the other record kept."""
     sweep = copy_sweep(small_sweep, tmp_path)
@@ -197,6 +208,7 @@ def test_a_record_of_another_combination_is_never_reused(small_sweep, tmp_path, 
         assert len(kept) == 1 and read_record(kept[0]).key != record.key  # the other's record, kept beside
 
 
+@pytest.mark.slow
 def test_an_altered_reference_is_made_again(tmp_path, make_cfg, caplog):
     from PIL import Image
 
@@ -362,6 +374,7 @@ def test_a_record_with_impossible_figures_is_not_a_record(tmp_path):
 
 # --- other tracebacks ---
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", ["override", "yaml"])
 def test_nesting_thousands_deep_is_one_line(make, tmp_path, models_cache):
     deep = "[" * 3000 + "]" * 3000
@@ -382,12 +395,14 @@ def test_nesting_thousands_deep_is_one_line(make, tmp_path, models_cache):
     (["-m", "hydra.sweeper.params={quant:{a:b}}"], ["hydra.sweeper.params", "a table", "quant='none,nf4'"]),
     (["-m", "+hydra.sweeper.params.quant={a: b}"], ["hydra.sweeper.params.quant", "a table"]),
 ])
+@pytest.mark.slow
 def test_hydra_tables_of_the_wrong_shape_are_one_line(args, needles, tmp_path, models_cache):
     result = qco_cli([*args, "run.dry_run=true"], tmp_path, models_cache)
     assert_one_line(result, *needles)
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_parameter_table_in_a_file_is_one_line(tmp_path, models_cache):
     write(tmp_path / "conf", "experiment/p.yaml", "# @package _global_\nhydra:\n  sweeper:\n    params:\n"
           "      quant: {a: b}\n")

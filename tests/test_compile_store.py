@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qco.stores.compiled import ARTIFACTS, store_folder, store_key
-from qco.execute import check_and_plan
+from qco.runner import check_and_plan
 from qco.files import FILES_MARKER as BUILD_MARKER
 from qco.stores.models import resolve_source
 

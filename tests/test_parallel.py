@@ -15,6 +15,7 @@ from PIL import Image
 
 from qco.errors import QcoError
 from qco.ranks import RANKS, RankFailed, run_parallel
+from qco.runner import run
 from qco.rules import apply_rules
 from qco.plan import draft_plan
 from tests.test_rules import H200
@@ -112,7 +113,7 @@ def two_ranks(tmp_path_factory, models_cache):
     resolve_source(cfg.model, cfg.paths.models)  # built once before the ranks start, as qco's own process does
     run_dir = tmp_path_factory.mktemp("parallel") / "run"
     run_dir.mkdir()
-    return run_dir, run_parallel(cfg, run_dir, ["run.repeats=1"], world_size=2), cfg
+    return run_dir, run_parallel(cfg, run_dir, ["run.repeats=1"], world_size=2, run=run), cfg
 
 
 @pytest.mark.slow
@@ -139,7 +140,7 @@ def test_a_failed_rank_fails_the_run_with_its_reason_and_leaves_no_process(two_r
     (run_dir / RANKS / "rank1").write_text("a file where rank 1 writes its folder")  # rank 1 alone cannot start
     started = time.monotonic()
     with pytest.raises(RankFailed) as failed:
-        run_parallel(cfg, run_dir, [], world_size=2)
+        run_parallel(cfg, run_dir, [], world_size=2, run=run)
     (line,) = failed.value.lines
     assert line.startswith("rank 1 of 2 failed: ") and "rank1" in line and "every other rank was stopped" in line
     run_id = line.split("(run id ")[1].split(")")[0]

@@ -2,7 +2,7 @@
 result (cancelled while pending, killed hard, timed out) becomes that job's row rather than the end of the sweep.
 
 Hydra instantiates launchers only from the hydra_plugins namespace, hence this package beside qco; qco also
-registers it by hand (qco/sweep/slurm.py register_launcher), since an editable install's finder hides it from
+registers it by hand (qco/registry.py register_launcher), since an editable install's finder hides it from
 Hydra's scan of the namespace. Without qco[slurm] it defines nothing, so that Hydra's scan of every
 hydra_plugins package, in any Hydra app on the machine, imports it without error."""
 

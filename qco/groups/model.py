@@ -90,32 +90,7 @@ class LoadStep:
     trust_remote_code: bool = False
     bitsandbytes_on_cpu: bool = False  # lift diffusers' GPU-only check (bitsandbytes itself runs on CPU)
     store: Optional[str] = None  # where quantized components are kept (paths.quantized); None: not kept
-
-
-def load_pipeline(load: LoadStep, store: Optional[Path] = None, runs_on_cpu: bool = False):
-    """The pipeline, and whether its quantized components came from the store (`store`: their folder there;
-    None: quantize at load, keep nothing)."""
-    import logging
-
-    import torch
-
-    from qco.groups.quant import bitsandbytes_on_cpu, quantization_config
-    from qco.models.build import pipeline_class
-    from qco.stores.quantized import load_kept
-
-    logging.getLogger(__name__).info("Loading %s from %s", load.pipeline, load.source)
-    with bitsandbytes_on_cpu(load.bitsandbytes_on_cpu):
-        kept = load_kept(store, load, runs_on_cpu) if store is not None else None
-        pipe = pipeline_class(load.pipeline).from_pretrained(
-            load.source,
-            dtype=getattr(torch, load.dtype),
-            quantization_config=None if kept else quantization_config(load),
-            device_map=load.device_map,
-            use_safetensors=True,  # never pickle files: loading them can run code
-            trust_remote_code=load.trust_remote_code,
-            **(kept or {}),  # components passed in are not loaded again
-        )
-    return pipe, kept is not None
+    # qco/compose.py load_pipeline makes this call, the stores beside it
 
 
 # --- checks ---

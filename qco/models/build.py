@@ -13,7 +13,6 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
-from qco.config import ModelConfig
 from qco.files import FILES_MARKER, VERIFIED, fingerprint, manifest, write_folder_atomic
 from qco.models.tokenizers import MAKERS
 
@@ -63,7 +62,7 @@ CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
 def build_component(name: str, recipe, dtype: torch.dtype, device: str):
     if recipe.cls in MAKERS:
         return MAKERS[recipe.cls](recipe.vocab_size, recipe.model_max_length)
-    cls = component_class(recipe.cls)  # checked before anything runs (qco/validate.py)
+    cls = component_class(recipe.cls)  # checked before anything runs (qco/groups/model.py check_model_names)
     config = OmegaConf.to_container(recipe.config, resolve=True)
     if issubclass(cls, transformers.PreTrainedModel):
         with torch.device(device), _default_dtype(dtype):
@@ -74,7 +73,7 @@ def build_component(name: str, recipe, dtype: torch.dtype, device: str):
     return cls.from_config(config)  # schedulers
 
 
-def build_pipeline(model: ModelConfig, folder: Path) -> None:
+def build_pipeline(model, folder: Path) -> None:
     """Build every component, seeded in recipe order, and save the pipeline to `folder` atomically:
     it is written beside it under a temporary name and renamed only when complete."""
     recipe = model.build
@@ -85,7 +84,7 @@ def build_pipeline(model: ModelConfig, folder: Path) -> None:
         torch.cuda.empty_cache()
 
 
-def _build_and_save(model: ModelConfig, folder: Path, device: str) -> None:
+def _build_and_save(model, folder: Path, device: str) -> None:
     recipe = model.build
     dtype = getattr(torch, recipe.dtype)
     torch.manual_seed(recipe.seed)

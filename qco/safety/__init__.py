@@ -4,6 +4,7 @@ the hydra node, every job of a sweep) and checks what they would have built (qco
 against a list of permitted objects (qco/safety/allowed.py). Files are read only when selected,
 and each is checked for size, encoding and alias bombs first (qco/safety/yaml_limits.py)."""
 
+import os
 from typing import Callable, List
 
 from omegaconf import OmegaConf
@@ -46,7 +47,8 @@ def _problems(args, task_function: Callable, config_path: str, config_name: str)
         return [f"hydra.sweep.subdir={sweep.hydra.sweep.subdir}: gives {folders.count(shared[0])} jobs one folder "
                 f"({shared[0]}), so each would find the other's record as its own; fix: leave it as packaged "
                 "(${hydra.job.override_dirname}), or name each job apart (e.g. ${hydra.job.num})"]
-    problems += link_problems(([str(sweep.hydra.sweep.dir)] if sweep is not None else []) + folders)
+    root = os.path.abspath(str(sweep.hydra.sweep.dir)) if sweep is not None else folders[0]
+    problems += link_problems(([root] if sweep is not None else []) + folders, root)
     if sweep is not None and jobs and not problems:  # what every job shares, before any job starts
         problems += check_sweep(OmegaConf.masked_copy(jobs[0], [k for k in jobs[0] if k != "hydra"]))
     return problems

@@ -5,8 +5,10 @@ few other keys through which a config could run code or write where it likes."""
 import copy
 import os
 import re
+from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
+import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -130,6 +132,48 @@ def _logging_shape_problems(name: str, section) -> List[str]:
             problems.append(f"{name}.handlers.{entry}.mode={mode}: a log file is appended to or written anew "
                             f"({', '.join(LOG_FILE_MODES)}); {FIX}")
     return problems
+
+
+# Hydra's own logging options (hydra/job_logging=default, disabled, none, stdout; hydra/hydra_logging=...)
+HYDRA_LOGGING = Path(hydra.__file__).parent / "conf" / "hydra"
+# what an override may change in a packaged option: how much is logged, and where the run's log file goes
+LOG_SETTABLE = ("level", "filename")
+
+
+def _without_settable(node):
+    if isinstance(node, dict):
+        return {key: _without_settable(value) for key, value in node.items() if key not in LOG_SETTABLE}
+    return node
+
+
+def _packaged_logging_problems(name: str, section, choice: Optional[str]) -> List[str]:
+    """Logging is set by Hydra's packaged options, with its levels and the log file's name as the settings an
+    override changes; a logging config of a user's own (a handler dictionary) is refused."""
+    kind = name.split(".")[1]
+    packaged = HYDRA_LOGGING / kind / f"{choice}.yaml"
+    fix = (f"fix: choose hydra/{kind}=default, disabled, none or stdout, and set levels by override "
+           f"(e.g. {name}.root.level=DEBUG)")
+    if choice is None or not packaged.is_file():
+        return [f"hydra/{kind}={choice}: logging is set by Hydra's packaged options, not a config's own handlers; {fix}"]
+    try:
+        composed = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else section
+    except Exception:  # noqa: BLE001 - an interpolation that fails: the walk in _logging_problems names it
+        return []
+    expected = OmegaConf.to_container(OmegaConf.load(packaged), resolve=False)
+    if _without_settable(composed or {}) != _without_settable(expected or {}):
+        changed = sorted(set(_flat(_without_settable(composed or {}))) ^ set(_flat(_without_settable(expected or {}))))
+        where = f"{name}.{changed[0][0]}" if changed else name
+        return [f"{where}: differs from Hydra's packaged hydra/{kind}={choice}, and logging is set by the packaged "
+                f"options with only their levels and log file name changed; {fix}"]
+    return []
+
+
+def _flat(node, path: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _flat(value, f"{path}.{key}".lstrip("."))
+    else:
+        yield path, repr(node)
 
 
 def _logging_problems(name: str, section, folder: str) -> List[str]:
@@ -257,8 +301,11 @@ def links_in(folder: str, depth: int = 3) -> List[str]:
     return found
 
 
-def link_problems(folders: List[str]) -> List[str]:
-    links = sorted({os.path.abspath(link) for folder in folders for link in links_in(folder)})
+def link_problems(folders: List[str], root: str) -> List[str]:
+    """The links that lead out of `root` (the sweep's folder, or the run's): one inside it (submitit links its own
+    job scripts) leads nowhere a write could harm."""
+    links = sorted({os.path.abspath(link) for folder in folders for link in links_in(folder)
+                    if not _inside(link, root, or_at=True)})
     return [f"{link}: a symbolic link in the folder this run writes into (to {os.readlink(link)!r}); qco never writes "
             "through a link; fix: remove it (rm), or run into a new folder" for link in links[:5]]
 
@@ -300,9 +347,13 @@ def check_composed(cfg: DictConfig, multirun: bool, job_num: int = 0) -> List[st
     hydra_config, before = HydraConfig.instance(), HydraConfig.instance().cfg
     hydra_config.set_config(cfg)  # for ${hydra:...} in the values checked
     try:
-        return (_target_problems(cfg)
-                + _logging_problems("hydra.job_logging", cfg.hydra.get("job_logging"), output_dir)
-                + _logging_problems("hydra.hydra_logging", cfg.hydra.get("hydra_logging"), log_folder)
+        choices = cfg.hydra.runtime.get("choices") or {}
+        logging = []
+        for name, folder in (("hydra.job_logging", output_dir), ("hydra.hydra_logging", log_folder)):
+            section = OmegaConf.select(cfg, name)
+            found = _logging_problems(name, section, folder)  # what it would build or write, key by key
+            logging += found or _packaged_logging_problems(name, section, choices.get(name.replace(".", "/")))
+        return (_target_problems(cfg) + logging
                 + _callback_and_params_problems(cfg.hydra)
                 + _sweeper_and_launcher_problems(cfg.hydra, str(cfg.hydra.sweep.dir) if multirun else None)
                 + _folder_problems(cfg.hydra, multirun, output_dir))

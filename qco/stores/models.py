@@ -74,7 +74,7 @@ def model_index(model: ModelConfig, models_cache: str) -> Optional[dict]:
         return {name: ["recipe", spec.cls] for name, spec in model.build.components.items()}
     if index is None or not index.is_file():
         return None
-    content, _ = read_model_index(index, "model_index.json")  # a bad one is refused by qco/validate.py
+    content, _ = read_model_index(index, "model_index.json")  # a bad one is refused by qco/groups/model.py check_model
     return content
 
 

@@ -24,7 +24,7 @@ from qco.files import (
     write_folder_atomic,
 )
 from qco.models.build import component_class
-from qco.plan import LoadStep
+from qco.groups.model import LoadStep
 from qco.report import package_versions
 
 log = logging.getLogger(__name__)

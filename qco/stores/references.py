@@ -97,7 +97,7 @@ def save_reference(folder: Path, images: List[Image.Image], key: dict, made_by: 
 def generate_reference(plan: Plan, kwargs: dict, seed: int) -> List[Image.Image]:
     """One call of the pipeline as loaded, on the run's device; with model offload where it does not
     fit (the same kernels on the same device, so the same image, in less memory)."""
-    from qco.groups.model import load_pipeline
+    from qco.compose import load_pipeline
 
     load = LoadStep(pipeline=plan.load.pipeline, source=plan.load.source, dtype=plan.load.dtype,
                     trust_remote_code=plan.load.trust_remote_code)

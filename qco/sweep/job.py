@@ -69,7 +69,7 @@ def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[Rec
         from qco.console import quiet_libraries
 
         quiet_libraries(cfg.run.library_logs)  # their import-time warnings, as in a job's own process
-        from qco.execute import check_and_plan  # torch and diffusers, once per launcher process
+        from qco.runner import check_and_plan  # torch and diffusers, once per launcher process
         from qco.fit import check_fits
         from qco.stores.models import present_source
 

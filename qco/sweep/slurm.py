@@ -19,18 +19,6 @@ from typing import List, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
-def register_launcher() -> None:
-    """hydra_plugins.qco_launcher.QcoSlurmLauncher (conf/hydra/launcher/slurm.yaml) made known to Hydra, which
-    would find it by scanning the hydra_plugins namespace, except from an editable install (its finder does not
-    list the package). Without qco[slurm] there is none to register."""
-    from hydra.core.plugins import Plugins
-
-    import hydra_plugins.qco_launcher as ours
-
-    if getattr(ours, "QcoSlurmLauncher", None) is not None:
-        Plugins.instance().register(ours.QcoSlurmLauncher)
-
-
 def launcher_problems(launcher) -> List[str]:
     """The SLURM launcher's request against this machine's SLURM: its tools, its controller, its nodes."""
     missing = [tool for tool in ("sbatch", "sinfo") if shutil.which(tool) is None]
