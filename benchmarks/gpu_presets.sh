@@ -20,7 +20,7 @@ declare -A rows=(
   [nf4]="quant=nf4"
   [leanest]="experiment=leanest_flux"
   [leanest_record_stream]="experiment=leanest_flux offload.record_stream=true"
-  [fastest_full_graph]="experiment=fastest_flux compile=max_autotune_flags +compile.inductor.max_autotune_gemm_backends=ATEN"
+  [fastest_full_graph]="experiment=fastest_flux compile=max_autotune_flags compile.inductor.max_autotune_gemm_backends=ATEN"
   [fastest_triton_gemm]="experiment=fastest_flux compile.inductor.max_autotune_gemm_backends='ATEN,TRITON'"
 )
 # the fastest rows first (each compiles for minutes; later ones reuse torch's inductor cache), then
