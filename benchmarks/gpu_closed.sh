@@ -26,17 +26,26 @@ work=$(mktemp -d)
 if [ "$part" = tiny ]; then
   # each job in its own process (a sweep); the tiny model takes seconds a job
   (cd "$work" && python -m qco -m model=tiny_flux run.device=cuda run.repeats=2 hydra.sweep.dir="$out/tiny_sweep" \
-     'quant=none,nf4,int8,torchao_fp8' 'offload=none,model,group_mixed') > "$out/tiny_sweep.log" 2>&1
+     'quant=none,nf4,int8,torchao_fp8' 'offload=none,group_mixed') > "$out/tiny_sweep.log" 2>&1
   echo "tiny sweep exit $?" > "$out/tiny.txt"
   for row in "compile=regional quant=torchao_fp8 attention=native_cudnn tweaks=fast" \
              "compile=regional_max_autotune_quick quant=none" "cache=first_block" "cache=taylorseer" \
-             "offload=group_leaf offload.use_stream=true offload.record_stream=true quant=nf4"; do
-    name=$(echo "$row" | tr ' =.' '_--')
+             "offload=model quant=nf4" "offload=group_leaf offload.use_stream=true offload.record_stream=true quant=nf4"; do
+    name=$(echo "$row" | sed 's/[ =.]/_/g')
     (cd "$work" && python -m qco model=tiny_flux run.device=cuda run.repeats=2 $row hydra.run.dir="$out/tiny_runs/$name") \
       > "$out/tiny_runs_$name.log" 2>&1
     echo "$row: exit $?" >> "$out/tiny.txt"
   done
-  python -m qco.sweep.aggregate "$out/tiny_runs" > /dev/null 2>&1
+  # one line per job (the job folders' names hold '=' and ','): combination, status, GPU, latency, quality, why
+  python - "$out/tiny_sweep" "$out/tiny_runs" > "$out/tiny_records.txt" <<'PY'
+import json, pathlib, sys
+for folder in sys.argv[1:]:
+    for path in sorted(pathlib.Path(folder).glob("*/results.json")):
+        r = json.load(open(path)); env = r.get("environment") or {}; t = r.get("timings") or {}; q = r.get("quality") or {}
+        print(" | ".join(str(x) for x in (r["key"], " ".join(o for o in r["overrides"] if "run.device" not in o),
+              r["status"], env.get("gpu"), (t.get("latency_s") or {}).get("mean"), q.get("ssim"), (r.get("reason") or "")[:160])))
+PY
+  cp "$out/tiny_sweep/sweep.md" "$out/tiny_sweep.md" 2>/dev/null
   # the hostile command lines, on this machine
   marker="$work/PAYLOAD"
   printf '#!/bin/sh\ntouch %s\n' "$marker" > "$work/evil.sh"; chmod +x "$work/evil.sh"
@@ -48,7 +57,7 @@ class P:
     def __reduce__(self): return os.system, ('touch $marker',)
 open('$work/x.pickle', 'wb').write(pickle.dumps(P()))"
   while IFS= read -r line; do
-    (cd "$work" && PYTHONPATH="$work:${PYTHONPATH:-}" eval python -m qco run.device=cuda "$line") > "$work/case.log" 2>&1
+    (cd "$work" && PYTHONPATH="$work:${PYTHONPATH:-}" eval python -m qco "$line" run.device=cuda) > "$work/case.log" 2>&1
     echo "exit $? | marker: $(test -e "$marker" && echo EXISTS || echo absent) | $line | $(grep 'qco: error' "$work/case.log" | head -1 | cut -c1-160)" >> "$out/hostile.txt"
   done <<EOF
 --config-dir $work/conf experiment=cxx compile=regional
@@ -58,7 +67,7 @@ offload=group_block offload.offload_to_disk_path=$work/outside run.dry_run=false
 '+hydra.job.env_set.TORCHINDUCTOR_CACHE_DIR=$work/ind'
 -m quant=none,int8 hydra.sweep.subdir=same run.dry_run=true
 EOF
-  cat "$out/tiny.txt" "$out/hostile.txt"
+  cat "$out/tiny.txt" "$out/tiny_records.txt" "$out/hostile.txt"
   exit 0
 fi
 
