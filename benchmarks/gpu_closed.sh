@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
 # Issue 23's GPU proof: after the redesign (one module per group, closed tables, the stores on one mechanism),
 # every group's CUDA path still runs, and the hostile cases are refused on a GPU machine as on a CPU.
-#   tiny:  a sweep of the tiny Flux model on the GPU over what only CUDA runs (bitsandbytes 4/8-bit on the GPU,
+#   tiny (the one part):  a sweep of the tiny Flux model on the GPU over what only CUDA runs (bitsandbytes 4/8-bit on the GPU,
 #          torchao fp8 with its typed granularity, group offload on streams with record_stream, pinned model
 #          offload, regional compile with typed inductor flags, a step cache, cuDNN attention, fused QKV), then
 #          the hostile command lines of tests/test_closed.py that need no test harness, each with its exit code
 #          and whether its marker exists;
-#   full:  the fastest and the leanest presets on the FLUX.1-dev architecture at full size (random weights),
-#          1024x1024, 28 steps, 1 warm-up + 3 timed calls, beside bf16 eager, in one run: the ratios the
-#          README states, measured again after the redesign.
-# Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_closed.sh OUT_DIR tiny|full
+# Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_closed.sh OUT_DIR tiny
 set -u
-out=${1:?usage: gpu_closed.sh OUT_DIR tiny|full}; part=${2:?tiny or full}
+out=${1:?usage: gpu_closed.sh OUT_DIR tiny}; part=${2:?tiny}
 mkdir -p "$out"
 export QCO_MODEL_CACHE=${QCO_MODEL_CACHE:-/tmp/qco-models} QCO_REFERENCE_CACHE=${QCO_REFERENCE_CACHE:-/tmp/qco-refs}
 export QCO_QUANTIZED_CACHE=${QCO_QUANTIZED_CACHE:-/tmp/qco-quantized} QCO_COMPILE_CACHE=${QCO_COMPILE_CACHE:-/tmp/qco-compile}
@@ -20,7 +17,6 @@ work=$(mktemp -d)
 {
   nvidia-smi --query-gpu=index,name,compute_cap,driver_version,memory.total --format=csv
   python -c "import torch, diffusers, bitsandbytes, torchao, hydra; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'bitsandbytes', bitsandbytes.__version__, 'torchao', torchao.__version__, 'hydra', hydra.__version__)"
-  git log -1 --format='commit %H' 2>/dev/null || true
 } > "$out/machine_$part.txt" 2>&1
 
 if [ "$part" = tiny ]; then
@@ -68,19 +64,4 @@ offload=group_block offload.offload_to_disk_path=$work/outside run.dry_run=false
 -m quant=none,int8 hydra.sweep.subdir=same run.dry_run=true
 EOF
   cat "$out/tiny.txt" "$out/tiny_records.txt" "$out/hostile.txt"
-  exit 0
 fi
-
-# full: bf16 eager, the fastest (with the quick compile), the leanest under a 4 GiB cap, nf4 beside it
-declare -A rows=(
-  [bf16]=""
-  [fastest_quick]="experiment=fastest_flux compile=regional_max_autotune_quick"
-  [nf4]="quant=nf4"
-  [leanest_4gib]="experiment=leanest_flux run.memory_limit_gib=4"
-)
-for name in bf16 fastest_quick nf4 leanest_4gib; do
-  echo "=== $name: ${rows[$name]}"
-  (cd "$work" && python -m qco model=flux_dev_random run.device=cuda ${rows[$name]} hydra.run.dir="$out/full/$name") \
-    2>&1 | grep -v "Warning\|warn(" | tail -n 4
-done
-python -m qco.sweep.aggregate "$out/full"
