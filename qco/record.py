@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import math
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -237,7 +238,10 @@ def read_record(path: Path) -> Record:
     """The record in a results.json, treated as untrusted input (a sweep folder can come from anywhere): bounded
     in size and depth, every field typed, every figure finite and not negative. Raises OSError where it cannot be
     read, ValueError (saying what is wrong) where it is not a run's record."""
-    size = Path(path).stat().st_size
+    info = Path(path).stat()
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or stream forever
+        raise ValueError("not a regular file")
+    size = info.st_size
     if size > MAX_RECORD_BYTES:
         raise ValueError(f"{size} bytes, more than the {MAX_RECORD_BYTES} a run's record can be")
     try:
@@ -246,6 +250,10 @@ def read_record(path: Path) -> Record:
         raise ValueError(f"not JSON ({error.msg})") from error
     except RecursionError:
         raise ValueError("nested deeper than any run's record") from None
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (\ud800): no reader could print or write it
+        raise ValueError("holds text that is not valid Unicode") from None
     return Record.from_json(data)
 
 

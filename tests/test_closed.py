@@ -409,3 +409,76 @@ def test_a_sweep_parameter_table_in_a_file_is_one_line(tmp_path, models_cache):
     result = qco_cli(["--config-dir", tmp_path / "conf", "-m", "experiment=p", "run.dry_run=true"], tmp_path,
                      models_cache)
     assert_one_line(result, "hydra.sweeper.params.quant", "sweep parameter")
+
+
+# --- the second hostile look's cases ---
+
+@pytest.mark.slow
+def test_a_relative_log_file_is_judged_from_the_folder_it_is_opened_in(tmp_path, models_cache):
+    """With hydra.job.chdir=true, logging is set up inside the job's folder: `../../x` is read from there."""
+    start = tmp_path / "a" / "b" / "c"
+    start.mkdir(parents=True)
+    result = qco_cli(["run.dry_run=true", f"hydra.run.dir={tmp_path / 'a'}", "hydra.job.chdir=true",
+                      f"hydra.job_logging.handlers.file.filename=../../{MARKER}.log"], start, models_cache)
+    assert_one_line(result, "hydra.job_logging.handlers.file.filename", "inside the run's folder")
+    assert not (tmp_path.parent / f"{MARKER}.log").exists() and not (tmp_path / f"{MARKER}.log").exists()
+
+
+@pytest.mark.slow
+def test_a_line_break_in_a_launcher_value_is_refused(tmp_path, models_cache):
+    """submitit writes each launcher value as an #SBATCH line: a line break would start a command of the script."""
+    result = qco_cli(["-m", "hydra/launcher=slurm", "run.dry_run=true", "quant=none,int8",
+                      f"hydra.launcher.comment='c\ntouch {tmp_path / MARKER}'"], tmp_path, models_cache)
+    assert_one_line(result, "hydra.launcher.comment", "line break")
+    assert not (tmp_path / MARKER).exists()
+
+
+@pytest.mark.slow
+def test_a_recipe_key_that_fetches_kernels_is_refused(tmp_path, models_cache):
+    result = qco_cli(["run.dry_run=true",
+                      "+model.build.components.text_encoder.config.attn_implementation=kernels-community/flash-attn"],
+                     tmp_path, models_cache)
+    assert_one_line(result, "model.build.components.text_encoder.config.attn_implementation", "load code")
+
+
+@pytest.mark.slow
+def test_a_yaml_tag_is_one_line(tmp_path, models_cache):
+    write(tmp_path / "conf", "experiment/tag.yaml", "# @package _global_\nrun:\n  steps: !!python/name:os.system\n")
+    result = qco_cli(["--config-dir", tmp_path / "conf", "experiment=tag", "run.dry_run=true"], tmp_path, models_cache)
+    assert_one_line(result, "tag.yaml", "no tags")
+
+
+@pytest.mark.slow
+def test_a_hard_link_in_the_run_folder_is_refused(tmp_path, models_cache):
+    victim = tmp_path / "victim"
+    victim.write_text("kept\n")
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    os.link(victim, run / ".hydra" / "config.yaml")
+    result = qco_cli(["run.dry_run=true", f"hydra.run.dir={run}"], tmp_path, models_cache)
+    assert_one_line(result, str(run / ".hydra" / "config.yaml"), "hard link")
+    assert victim.read_text() == "kept\n"
+
+
+def test_a_record_that_is_not_valid_unicode_or_not_a_file_is_unreadable(tmp_path):
+    from qco.record import read_rows
+
+    text_job = tmp_path / "surrogate"
+    text_job.mkdir()
+    (text_job / RESULTS).write_text('{"status": "ok", "key": "a\\ud800b"}')
+    fifo_job = tmp_path / "fifo"
+    fifo_job.mkdir()
+    os.mkfifo(fifo_job / RESULTS)  # reading it would block for ever
+    rows = {row.job: row for row in read_rows(tmp_path)}
+    assert rows["surrogate"].status == Status.unreadable and "not valid Unicode" in rows["surrogate"].reason
+    assert rows["fifo"].status == Status.unreadable and "not a regular file" in rows["fifo"].reason
+
+
+def test_a_prompt_that_is_not_valid_unicode_is_refused(make_cfg):
+    from qco.validate import check_values
+
+    cfg = make_cfg()
+    cfg.run.prompt = "a\ud800b"
+    assert [p for p in check_values(cfg) if p.startswith("run.prompt")] == [
+        "run.prompt: holds text that is not valid Unicode (a lone surrogate such as \\ud800); fix: write the prompt "
+        "in plain text"]

@@ -88,6 +88,11 @@ def check_run(run: RunConfig, model) -> List[str]:
         problems.append(f"run.guidance={run.guidance}: must be 0 or more; fix: run.guidance=0")
     if not run.prompt.strip():
         problems.append("run.prompt='': an empty prompt; fix: run.prompt='a photo of a cat'")
+    try:
+        run.prompt.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no record holding it could be read back
+        problems.append("run.prompt: holds text that is not valid Unicode (a lone surrogate such as \\ud800); "
+                        "fix: write the prompt in plain text")
     return problems
 
 

@@ -55,8 +55,9 @@ def config_keys(cls: type) -> Optional[set]:
     return set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
 
 
-# keys of a transformers config that would make it load code or another config; never in a recipe
-CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
+# keys of a transformers config that would make it load code, a kernel from the hub, or another config; never in a
+# recipe (attn_implementation may name a hub repository of kernels, which transformers fetches and loads)
+CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines", "attn_implementation")
 
 
 def build_component(name: str, recipe, dtype: torch.dtype, device: str):

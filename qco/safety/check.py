@@ -5,6 +5,7 @@ few other keys through which a config could run code or write where it likes."""
 import copy
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -176,7 +177,7 @@ def _flat(node, path: str = ""):
         yield path, repr(node)
 
 
-def _logging_problems(name: str, section, folder: str) -> List[str]:
+def _logging_problems(name: str, section, folder: str, base: Optional[str] = None) -> List[str]:
     """logging.config.dictConfig builds `()` factories, handler and formatter classes and `ext://`
     objects, and a FileHandler writes where its filename says."""
     if section is None:
@@ -199,7 +200,9 @@ def _logging_problems(name: str, section, folder: str) -> List[str]:
             if why:
                 problems.append(refusal(key, value, why, _logging_builder(path)))
         elif len(path) == 3 and path[0] == "handlers" and path[2] == "filename":
-            if not isinstance(value, str) or not _inside(value, folder):
+            # a relative name is opened from where logging is set up: the job's folder with hydra.job.chdir=true
+            where = os.path.join(base, value) if isinstance(value, str) and base else value
+            if not isinstance(value, str) or not _inside(where, folder):
                 problems.append(f"{key}={value}: a log file must lie inside the run's folder ({folder}); "
                                 "fix: write it under ${hydra.runtime.output_dir}")
     return problems
@@ -227,6 +230,11 @@ def _sweeper_and_launcher_problems(hydra, sweep_dir: Optional[str]) -> List[str]
         if folder is not None and sweep_dir and not _inside(os.path.join(expanded, "x"), sweep_dir):
             problems.append(f"hydra.launcher.{key}={folder}: the launcher's files must lie inside the sweep folder "
                             f"({sweep_dir}); fix: leave it as packaged (${{hydra.sweep.dir}}/...)")
+    for path, value in walk(launcher, ("hydra", "launcher")) if isinstance(launcher, DictConfig) else ():
+        # each value becomes a `#SBATCH --key=value` line of the job script
+        if isinstance(value, str) and any(char in value for char in "\n\r\x00"):
+            problems.append(f"{'.'.join(path)}: holds a line break, and submitit writes it into the job script, where "
+                            "the next line would run as a command; fix: write it on one line")
     if sweep_dir is not None and str(launcher.get("_target_", "")).endswith("SlurmLauncher") and not problems:
         from qco.sweep.slurm import launcher_problems  # asks sinfo: only for a sweep the rest lets through
 
@@ -295,19 +303,30 @@ def links_in(folder: str, depth: int = 3) -> List[str]:
         return found
     base = folder.rstrip(os.sep).count(os.sep)
     for root, dirs, files in os.walk(folder):
-        found += [os.path.join(root, name) for name in dirs + files if os.path.islink(os.path.join(root, name))]
+        found += [os.path.join(root, name) for name in dirs + files if os.path.islink(os.path.join(root, name))
+                  or _hard_linked(os.path.join(root, name))]
         if root.count(os.sep) - base >= depth:
             dirs[:] = []
     return found
 
 
+def _hard_linked(path: str) -> bool:
+    """A file with another name elsewhere (a hard link): Hydra's files and qco's log are written in place."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_nlink > 1
+
+
 def link_problems(folders: List[str], root: str) -> List[str]:
-    """The links that lead out of `root` (the sweep's folder, or the run's): one inside it (submitit links its own
-    job scripts) leads nowhere a write could harm."""
+    """The links that lead out of `root` (the sweep's folder, or the run's): a symbolic link inside it (submitit links
+    its own job scripts) leads nowhere a write could harm; a hard link may be anywhere, so every one is refused."""
     links = sorted({os.path.abspath(link) for folder in folders for link in links_in(folder)
-                    if not _inside(link, root, or_at=True)})
-    return [f"{link}: a symbolic link in the folder this run writes into (to {os.readlink(link)!r}); qco never writes "
-            "through a link; fix: remove it (rm), or run into a new folder" for link in links[:5]]
+                    if not os.path.islink(link) or not _inside(link, root, or_at=True)})
+    return [f"{link}: {'a symbolic link' if os.path.islink(link) else 'a hard link (the file has another name)'} in "
+            f"the folder this run writes into{f' (to {os.readlink(link)!r})' if os.path.islink(link) else ''}; qco "
+            "never writes through a link; fix: remove it (rm), or run into a new folder" for link in links[:5]]
 
 
 def job_folder(cfg, multirun: bool, job_num: int = 0) -> str:
@@ -349,9 +368,10 @@ def check_composed(cfg: DictConfig, multirun: bool, job_num: int = 0) -> List[st
     try:
         choices = cfg.hydra.runtime.get("choices") or {}
         logging = []
+        base = output_dir if cfg.hydra.job.get("chdir") else os.getcwd()
         for name, folder in (("hydra.job_logging", output_dir), ("hydra.hydra_logging", log_folder)):
             section = OmegaConf.select(cfg, name)
-            found = _logging_problems(name, section, folder)  # what it would build or write, key by key
+            found = _logging_problems(name, section, folder, base if name == "hydra.job_logging" else os.getcwd())
             logging += found or _packaged_logging_problems(name, section, choices.get(name.replace(".", "/")))
         return (_target_problems(cfg) + logging
                 + _callback_and_params_problems(cfg.hydra)

@@ -113,7 +113,11 @@ class CheckedFileConfigSource(FileConfigSource):
         full_path = os.path.realpath(os.path.join(self.path, self._normalize_file_name(config_path)))
         if os.path.exists(full_path):
             check_yaml_file(full_path)
-        return super().load_config(config_path)
+        try:
+            return super().load_config(config_path)
+        except yaml.YAMLError as error:  # a tag OmegaConf's loader does not take (!!python/name:...), say
+            raise UnsafeConfigFile(f"{full_path}: YAML that OmegaConf cannot read ({str(error).splitlines()[0][:160]}); "
+                                   "a config is plain YAML, with no tags; fix: write the value out") from None
 
 
 class CheckedPackageConfigSource(ImportlibResourcesConfigSource):
