@@ -6,7 +6,7 @@ device. The next run of the same key loads them (torch.compiler.load_cache_artif
 torch finds its graphs in its own caches instead of compiling them. Nothing here holds compiled code of its own.
 
 A changed key is another folder, never a stale load. A folder that was cut short or altered since it was written
-(its checksum, qco/models/build.py damage) or that torch cannot load is removed with a warning and written
+(its checksum, qco/files.py damage) or that torch cannot load is removed with a warning and written
 again after the calls. Folders are written whole (write_folder_atomic) under a lock, so jobs of one sweep that
 share the store never leave half an artifact. compile.cache=false turns every cache off (inductor's
 force_disable_caches): a cold start, measured as one."""

@@ -20,7 +20,7 @@ from diffusers.models.attention_dispatch import (
 from PIL import Image
 
 from qco.config import Config
-from qco.files import damage, manifest, write_folder_atomic
+from qco.files import damage, folder_lock, manifest, write_folder_atomic
 from qco.groups.model import LoadStep
 from qco.measure import output_media
 from qco.plan import Plan
@@ -91,7 +91,8 @@ def save_reference(folder: Path, images: List[Image.Image], key: dict, made_by: 
         (staging / KEY_FILE).write_text(json.dumps({**key, "images": names, "made_by": made_by,
                                                     "files": manifest(staging)}, indent=1))
 
-    write_folder_atomic(folder, fill, finished=lambda made: load_reference(made) is not None)
+    with folder_lock(folder):  # one writer at a time, as for the other stores; another's finished copy is kept
+        write_folder_atomic(folder, fill, finished=lambda made: load_reference(made) is not None)
 
 
 def generate_reference(plan: Plan, kwargs: dict, seed: int) -> List[Image.Image]:

@@ -59,7 +59,7 @@ def refused_in_advance(cfg, run_dir: Path, overrides: List[str]) -> Optional[Rec
     from qco.target import target_without_cuda
     from qco.validate import check_values
 
-    problems = check_values(cfg)
+    problems = check_values(cfg, run_dir)
     try:
         if problems:
             raise QcoError(problems)
