@@ -4,6 +4,7 @@ run the real command line."""
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import bitsandbytes as bnb
@@ -94,6 +95,25 @@ def qco_cli(args, cwd: Path, models: Path, timeout: float = 300, module: str = "
     """`python -m qco ARGS` in a fresh interpreter, as a user types it (no HYDRA_FULL_ERROR, no hub)."""
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=qco_env(models, **env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def write(folder: Path, relative: str, text: str) -> Path:
+    """A file under folder (its folders made), its text dedented: a config, a planted module, a payload."""
+    path = folder / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def assert_refused(result, *needles, lines=1):
+    """Exit 2, no traceback, `lines` error lines (None: at least one), one holding all the needles."""
+    from qco.errors import EXIT_USER_ERROR
+
+    assert result.returncode == EXIT_USER_ERROR, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    found = error_lines(result)
+    assert found and (lines is None or len(found) == lines), result.stderr[-3000:]
+    assert any(all(n in line for n in needles) for line in found), found
 
 
 def error_lines(result):

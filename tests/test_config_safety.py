@@ -5,33 +5,15 @@ checks the one line, exit code 2, and that the marker does not exist.
 Refusals come before torch is imported, so most cases take well under a second."""
 
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
 
 import qco
 
-from tests.helpers import error_lines, qco_cli
+from tests.helpers import assert_refused, qco_cli, write
 
-EXIT_USER_ERROR = 2
 MARKER = "qco_payload_ran"
-
-
-def write(folder: Path, relative: str, text: str) -> Path:
-    path = folder / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def assert_refused(result, *needles, lines=1):
-    """Exit 2, no traceback, `lines` error lines (None: at least one), one holding all the needles."""
-    assert result.returncode == EXIT_USER_ERROR, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    found = error_lines(result)
-    assert found and (lines is None or len(found) == lines), result.stderr[-3000:]
-    assert any(all(n in line for n in needles) for line in found), found
 
 
 # (files under the --config-dir, command line, what the one line names); {marker} is the payload's file

@@ -329,15 +329,20 @@ def link_problems(folders: List[str], root: str) -> List[str]:
             "never writes through a link; fix: remove it (rm), or run into a new folder" for link in links[:5]]
 
 
-def job_folder(cfg, multirun: bool, job_num: int = 0) -> str:
-    """The folder Hydra will run this job in (a sweep's job: numbered as Hydra numbers it)."""
+def _as_job(cfg, multirun: bool, job_num: int):
+    """A writable copy of a composed config, numbered as Hydra numbers a sweep's job (hydra.job.num, .id)."""
     cfg = copy.deepcopy(cfg)
     OmegaConf.set_readonly(cfg, False)
     OmegaConf.set_struct(cfg, False)
     if multirun:
         cfg.hydra.job.num = job_num
         cfg.hydra.job.id = cfg.hydra.job.id if cfg.hydra.job.get("id") not in (None, "???") else f"job_{job_num}"
-    return os.path.abspath(output_dir_of(cfg, multirun))
+    return cfg
+
+
+def job_folder(cfg, multirun: bool, job_num: int = 0) -> str:
+    """The folder Hydra will run this job in (a sweep's job: numbered as Hydra numbers it)."""
+    return os.path.abspath(output_dir_of(_as_job(cfg, multirun, job_num), multirun))
 
 
 def output_dir_of(cfg, multirun: bool) -> str:
@@ -351,12 +356,7 @@ def check_composed(cfg: DictConfig, multirun: bool, job_num: int = 0) -> List[st
     resolve as they will at run time."""
     from hydra.core.hydra_config import HydraConfig
 
-    cfg = copy.deepcopy(cfg)
-    OmegaConf.set_readonly(cfg, False)
-    OmegaConf.set_struct(cfg, False)
-    if multirun:
-        cfg.hydra.job.num = job_num
-        cfg.hydra.job.id = cfg.hydra.job.id if cfg.hydra.job.get("id") not in (None, "???") else f"job_{job_num}"
+    cfg = _as_job(cfg, multirun, job_num)
     empty = _empty_folder_problems(cfg.hydra, multirun)
     if empty:
         return empty
