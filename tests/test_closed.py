@@ -11,35 +11,17 @@ import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 import zlib
 from pathlib import Path
 
 import pytest
 
-from qco.errors import EXIT_USER_ERROR
 from qco.record import RESULTS, Status, read_record
 from tests.conftest import SMALL_SWEEP, copy_sweep
-from tests.helpers import error_lines, qco_cli, qco_env
+from tests.helpers import assert_refused, qco_cli, qco_env, write
 
 MARKER = "qco_payload_ran"
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def assert_one_line(result, *needles):
-    """Exit 2, no traceback, exactly one `qco: error:` line, holding every needle."""
-    assert result.returncode == EXIT_USER_ERROR, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = error_lines(result)
-    assert len(lines) == 1, lines
-    assert all(needle in lines[0] for needle in needles), lines[0]
 
 
 def touching_script(tmp_path: Path) -> Path:
@@ -64,7 +46,7 @@ def test_an_inductor_key_outside_the_schema_is_refused(inductor, key, tmp_path, 
           + json.dumps({"compile": {"inductor": values}}) + "\n")
     result = qco_cli(["--config-dir", tmp_path / "conf", "experiment=evil", "compile=regional"], tmp_path,
                      models_cache)
-    assert_one_line(result, key, "not a key qco passes to torch._inductor.config", "conv_1x1_as_mm",
+    assert_refused(result, key, "not a key qco passes to torch._inductor.config", "conv_1x1_as_mm",
                     "typed field of InductorFlags")
     assert not (tmp_path / MARKER).exists()
 
@@ -82,7 +64,7 @@ def test_experimental_rerun_is_refused_before_any_pickle_is_read(tmp_path, model
     pickled = tmp_path / "config.pickle"
     pickled.write_bytes(pickle.dumps(_Payload(tmp_path / MARKER)))
     result = qco_cli(["--experimental-rerun", pickled], tmp_path, models_cache)
-    assert_one_line(result, f"--experimental-rerun {pickled}", "unpickle", "rerun.yaml")
+    assert_refused(result, f"--experimental-rerun {pickled}", "unpickle", "rerun.yaml")
     assert not (tmp_path / MARKER).exists()
 
 
@@ -97,7 +79,7 @@ def test_a_package_on_the_search_path_is_never_imported(where, tmp_path, models_
         write(tmp_path / "conf", "mine.yaml", "defaults: [config, _self_]\nhydra:\n  searchpath: ['pkg://planted']\n")
         args = ["--config-dir", tmp_path / "conf", "--config-name", "mine", "run.dry_run=true"]
     result = qco_cli(args, tmp_path, models_cache, PYTHONPATH=str(tmp_path))
-    assert_one_line(result, "hydra.searchpath=[pkg://planted]", "file://")
+    assert_refused(result, "hydra.searchpath=[pkg://planted]", "file://")
     assert not (tmp_path / MARKER).exists()
 
 
@@ -120,7 +102,7 @@ def test_a_logging_key_outside_the_schema_is_refused(how, tmp_path, models_cache
         write(tmp_path / "conf", "hydra/job_logging/loud.yaml", json.dumps(section) + "\n")
         args = ["hydra/job_logging=loud"]
     result = qco_cli(["--config-dir", tmp_path / "conf", *args, "run.dry_run=true"], tmp_path, models_cache)
-    assert_one_line(result, "hydra.job_logging.handlers.file..", "not a logging setting", "filename")
+    assert_refused(result, "hydra.job_logging.handlers.file..", "not a logging setting", "filename")
     assert victim.read_text() == "kept\n"
 
 
@@ -133,7 +115,7 @@ def test_a_link_in_place_of_a_job_lock_is_refused(small_sweep, tmp_path, models_
     (job / ".qco-job.lock").unlink(missing_ok=True)
     (job / ".qco-job.lock").symlink_to(victim)
     result = qco_cli(SMALL_SWEEP, tmp_path, models_cache)
-    assert_one_line(result, str(job / ".qco-job.lock"), "symbolic link", "rm")
+    assert_refused(result, str(job / ".qco-job.lock"), "symbolic link", "rm")
     assert victim.read_text() == "kept\n"
 
 
@@ -150,7 +132,7 @@ def test_a_link_in_place_of_a_store_lock_is_refused(tmp_path, make_cfg):
     models.mkdir()
     (folder.parent / f".{folder.name}.lock").symlink_to(victim)
     result = qco_cli(["run.repeats=1", "run.quality=false"], tmp_path, models)
-    assert_one_line(result, f".{folder.name}.lock", "symbolic link")
+    assert_refused(result, f".{folder.name}.lock", "symbolic link")
     assert victim.read_text() == "kept\n" and not folder.exists()
 
 
@@ -158,7 +140,7 @@ def test_a_link_in_place_of_a_store_lock_is_refused(tmp_path, make_cfg):
 def test_the_launcher_folder_is_checked_after_its_placeholders(tmp_path, models_cache):
     result = qco_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.submitit_folder=${hydra.sweep.dir}/%j/../../..",
                       "quant=none,int8", "run.dry_run=true"], tmp_path, models_cache)
-    assert_one_line(result, "hydra.launcher.submitit_folder=", "%j/../../..", "inside the sweep folder")
+    assert_refused(result, "hydra.launcher.submitit_folder=", "%j/../../..", "inside the sweep folder")
     assert not (tmp_path / "outputs").exists()
 
 
@@ -171,14 +153,14 @@ def test_a_folder_a_library_writes_into_must_be_qcos(args, key, tmp_path, models
     outside = tmp_path / "elsewhere"
     args = [arg.replace("OUTSIDE", str(outside)) for arg in args]
     result = qco_cli([*args, "run.repeats=1", "run.quality=false"], tmp_path, models_cache)
-    assert_one_line(result, key.replace("OUTSIDE", str(outside)))
+    assert_refused(result, key.replace("OUTSIDE", str(outside)))
     assert not outside.exists()
 
 
 @pytest.mark.slow
 def test_an_empty_compile_store_variable_is_refused(tmp_path, models_cache):
     result = qco_cli(["compile=regional", "run.dry_run=true"], tmp_path, models_cache, QCO_COMPILE_CACHE="")
-    assert_one_line(result, "paths.compile_cache=''", "QCO_COMPILE_CACHE")
+    assert_refused(result, "paths.compile_cache=''", "QCO_COMPILE_CACHE")
 
 
 # --- silent wrongs and lost data ---
@@ -186,7 +168,7 @@ def test_an_empty_compile_store_variable_is_refused(tmp_path, models_cache):
 @pytest.mark.slow
 def test_a_sweep_folder_setting_that_gives_jobs_one_folder_is_refused(tmp_path, models_cache):
     result = qco_cli(["-m", "quant=none,int8", "hydra.sweep.subdir=same", "run.dry_run=true"], tmp_path, models_cache)
-    assert_one_line(result, "hydra.sweep.subdir=same", "2 jobs one folder")
+    assert_refused(result, "hydra.sweep.subdir=same", "2 jobs one folder")
     assert not (tmp_path / "outputs").exists()
 
 
@@ -384,7 +366,7 @@ def test_nesting_thousands_deep_is_one_line(make, tmp_path, models_cache):
         write(tmp_path / "conf", "experiment/deep.yaml", f"# @package _global_\nrun:\n  prompt: {deep}\n")
         args = ["--config-dir", tmp_path / "conf", "experiment=deep"]
     result = qco_cli([*args, "run.dry_run=true"], tmp_path, models_cache)
-    assert_one_line(result, "nested thousands of levels deep", "fix:")
+    assert_refused(result, "nested thousands of levels deep", "fix:")
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -398,7 +380,7 @@ def test_nesting_thousands_deep_is_one_line(make, tmp_path, models_cache):
 @pytest.mark.slow
 def test_hydra_tables_of_the_wrong_shape_are_one_line(args, needles, tmp_path, models_cache):
     result = qco_cli([*args, "run.dry_run=true"], tmp_path, models_cache)
-    assert_one_line(result, *needles)
+    assert_refused(result, *needles)
     assert not (tmp_path / "outputs").exists()
 
 
@@ -408,7 +390,7 @@ def test_a_sweep_parameter_table_in_a_file_is_one_line(tmp_path, models_cache):
           "      quant: {a: b}\n")
     result = qco_cli(["--config-dir", tmp_path / "conf", "-m", "experiment=p", "run.dry_run=true"], tmp_path,
                      models_cache)
-    assert_one_line(result, "hydra.sweeper.params.quant", "sweep parameter")
+    assert_refused(result, "hydra.sweeper.params.quant", "sweep parameter")
 
 
 # --- the second hostile look's cases ---
@@ -420,7 +402,7 @@ def test_a_relative_log_file_is_judged_from_the_folder_it_is_opened_in(tmp_path,
     start.mkdir(parents=True)
     result = qco_cli(["run.dry_run=true", f"hydra.run.dir={tmp_path / 'a'}", "hydra.job.chdir=true",
                       f"hydra.job_logging.handlers.file.filename=../../{MARKER}.log"], start, models_cache)
-    assert_one_line(result, "hydra.job_logging.handlers.file.filename", "inside the run's folder")
+    assert_refused(result, "hydra.job_logging.handlers.file.filename", "inside the run's folder")
     assert not (tmp_path.parent / f"{MARKER}.log").exists() and not (tmp_path / f"{MARKER}.log").exists()
 
 
@@ -429,7 +411,7 @@ def test_a_line_break_in_a_launcher_value_is_refused(tmp_path, models_cache):
     """submitit writes each launcher value as an #SBATCH line: a line break would start a command of the script."""
     result = qco_cli(["-m", "hydra/launcher=slurm", "run.dry_run=true", "quant=none,int8",
                       f"hydra.launcher.comment='c\ntouch {tmp_path / MARKER}'"], tmp_path, models_cache)
-    assert_one_line(result, "hydra.launcher.comment", "line break")
+    assert_refused(result, "hydra.launcher.comment", "line break")
     assert not (tmp_path / MARKER).exists()
 
 
@@ -438,14 +420,14 @@ def test_a_recipe_key_that_fetches_kernels_is_refused(tmp_path, models_cache):
     result = qco_cli(["run.dry_run=true",
                       "+model.build.components.text_encoder.config.attn_implementation=kernels-community/flash-attn"],
                      tmp_path, models_cache)
-    assert_one_line(result, "model.build.components.text_encoder.config.attn_implementation", "load code")
+    assert_refused(result, "model.build.components.text_encoder.config.attn_implementation", "load code")
 
 
 @pytest.mark.slow
 def test_a_yaml_tag_is_one_line(tmp_path, models_cache):
     write(tmp_path / "conf", "experiment/tag.yaml", "# @package _global_\nrun:\n  steps: !!python/name:os.system\n")
     result = qco_cli(["--config-dir", tmp_path / "conf", "experiment=tag", "run.dry_run=true"], tmp_path, models_cache)
-    assert_one_line(result, "tag.yaml", "no tags")
+    assert_refused(result, "tag.yaml", "no tags")
 
 
 @pytest.mark.slow
@@ -456,7 +438,7 @@ def test_a_hard_link_in_the_run_folder_is_refused(tmp_path, models_cache):
     (run / ".hydra").mkdir(parents=True)
     os.link(victim, run / ".hydra" / "config.yaml")
     result = qco_cli(["run.dry_run=true", f"hydra.run.dir={run}"], tmp_path, models_cache)
-    assert_one_line(result, str(run / ".hydra" / "config.yaml"), "hard link")
+    assert_refused(result, str(run / ".hydra" / "config.yaml"), "hard link")
     assert victim.read_text() == "kept\n"
 
 
@@ -482,3 +464,21 @@ def test_a_prompt_that_is_not_valid_unicode_is_refused(make_cfg):
     assert [p for p in check_values(cfg) if p.startswith("run.prompt")] == [
         "run.prompt: holds text that is not valid Unicode (a lone surrogate such as \\ud800); fix: write the prompt "
         "in plain text"]
+
+
+@pytest.mark.slow
+def test_a_model_name_that_is_a_path_is_refused(tmp_path, models_cache):
+    """model.name names the model's folders in the stores: `../../x` would put them outside."""
+    stores = tmp_path / "stores"
+    result = qco_cli(["model.name=../../escaped", "run.repeats=1"], tmp_path, stores / "models",
+                     QCO_REFERENCE_CACHE=str(stores / "references"))
+    assert_refused(result, "model.name=../../escaped", "plain name")
+    assert not list(tmp_path.glob("escaped-*")) and not list(tmp_path.parent.glob("escaped-*"))
+
+
+def test_a_record_larger_than_any_run_writes_is_not_read(tmp_path):
+    from qco.record import MAX_RECORD_BYTES
+
+    (tmp_path / RESULTS).write_text(" " * (MAX_RECORD_BYTES + 1))
+    with pytest.raises(ValueError, match="more than the"):
+        read_record(tmp_path / RESULTS)

@@ -99,6 +99,10 @@ def check_model(model: ModelConfig) -> List[str]:
     """Where the model comes from, without any library."""
     from qco.models.index import read_model_index
 
+    if model.name in ("", ".", "..") or "/" in model.name or "\\" in model.name or model.name.startswith("."):
+        # it names the model's folders in the stores (paths.models, paths.references): a path would leave them
+        return [f"model.name={model.name}: a model's name names its folders in the stores, so it is a plain name "
+                "(no '/', no leading '.'); fix: e.g. model.name=my_flux"]
     if model.path is not None:
         folder = Path(model.path).expanduser()
         if not folder.is_dir():
