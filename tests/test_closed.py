@@ -482,3 +482,13 @@ def test_a_record_larger_than_any_run_writes_is_not_read(tmp_path):
     (tmp_path / RESULTS).write_text(" " * (MAX_RECORD_BYTES + 1))
     with pytest.raises(ValueError, match="more than the"):
         read_record(tmp_path / RESULTS)
+
+
+def test_an_image_wider_than_any_run_writes_is_left_out_of_the_grid(tmp_path, caplog):
+    """Below PIL's own bound on pixels (20000 x 10), but wider than MAX_IMAGE_SIDE: not read."""
+    from qco.sweep.aggregate import MAX_IMAGE_SIDE, _tile
+
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "image_0.png").write_bytes(_png_declaring(MAX_IMAGE_SIDE + 1, 10))
+    assert _tile(tmp_path, "job/image_0.png", 8) is None
+    assert any(f"declares {MAX_IMAGE_SIDE + 1}x10 pixels" in r.message for r in caplog.records)
