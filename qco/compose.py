@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def compose_pipeline(plan: Plan):
-    """Returns the pipeline, the seconds each step took (compiling happens lazily, at the first call) and
-    what the store of quantized components did."""
+    """Returns the pipeline, the seconds each step took (compiling happens lazily, at the first call), what the
+    store of quantized components did, and what counts the step cache's steps (None: no cache)."""
     seconds = {}
     start = time.perf_counter()
     key = store_key(plan.load, plan.model) if plan.load.store and plan.load.quant_components else None
@@ -49,9 +49,9 @@ def compose_pipeline(plan: Plan):
 
     split_across_ranks(pipe, plan.parallel, plan.tune.component)  # placed whole on each rank's GPU, then split
 
-    enable_step_cache(pipe, plan.cache, plan.tune.component)
+    steps = enable_step_cache(pipe, plan.cache, plan.tune.component)
     compile_denoiser(pipe, plan.compile)
-    return pipe, seconds, store
+    return pipe, seconds, store, steps
 
 
 def load_pipeline(load: LoadStep, store: Optional[Path] = None, runs_on_cpu: bool = False):

@@ -25,6 +25,7 @@ from qco.measure import (
 from qco.oom import out_of_memory
 from qco.plan import Plan
 from qco.record import (
+    CacheSteps,
     LatencyStats,
     Measured,
     Memory,
@@ -58,7 +59,7 @@ def measure_run(cfg: Config, plan: Plan, run_dir: Path) -> Measured:
 
 def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Measured:
     try:
-        pipe, seconds, store = compose_pipeline(plan)
+        pipe, seconds, store, cache_steps = compose_pipeline(plan)
     except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError
         refusal = load_refusal(cfg.model, error)
         if refusal is None:
@@ -76,7 +77,7 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
     device.reset()
     with compile_settings(plan.compile.dynamo, plan.compile.inductor):
         measured = measure_calls(pipe, kwargs, run.seed, plan.target.device, run.warmup, run.repeats,
-                                 run.steps, phase)
+                                 run.steps, phase, last_call_watch=cache_steps)
         peaks = device.peaks_gib()
         memory = Memory(peak_allocated_gib=peaks["peak_allocated_gib"], peak_reserved_gib=peaks["peak_reserved_gib"],
                         host_peak_gib=host.peak_gib(), load_peak_allocated_gib=load_memory["peak_allocated_gib"],
@@ -105,7 +106,7 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
                         step_s=StepStats(**stats(steps), last_call=measured.step_s[-1])),
         memory=memory, environment=environment(plan.target.device), quantized_store=store, images=images,
         videos=videos, quality=quality(cfg, plan, kwargs, measured.images) if run.quality else None,
-        compile_cache=compile_cache)
+        compile_cache=compile_cache, cache_steps=CacheSteps(**cache_steps.summary()) if cache_steps else None)
 
 
 def transfers(pipe, kwargs: dict, seed: int, device: str) -> Transfers:

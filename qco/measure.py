@@ -97,9 +97,10 @@ class Phase:
 
 
 def measure_calls(pipe, call_kwargs: dict, seed: int, device: str, warmup: int, repeats: int,
-                  steps: int, phase: Optional[Phase] = None) -> Measurement:
+                  steps: int, phase: Optional[Phase] = None, last_call_watch=None) -> Measurement:
     """Warm-up calls (the first one's time is the compile cost), then timed calls. Every call starts
-    from the same seed, so every call makes the same image."""
+    from the same seed, so every call makes the same image. `last_call_watch` (arm(), disarm()): what watches
+    the last call, the step cache's counter."""
     pipe.set_progress_bar_config(disable=True)
     tracker = phase
     result = Measurement()
@@ -113,10 +114,15 @@ def measure_calls(pipe, call_kwargs: dict, seed: int, device: str, warmup: int, 
             generator = torch.Generator("cpu").manual_seed(seed)
             synchronize(device)
             start = time.perf_counter()
+            last = index == len(calls) - 1
+            if last and last_call_watch is not None:
+                last_call_watch.arm()
             clock.start()
             output = pipe(**call_kwargs, generator=generator, callback_on_step_end=clock)
             synchronize(device)
             seconds = time.perf_counter() - start
+            if last and last_call_watch is not None:
+                last_call_watch.disarm()
             if index == 0:
                 result.first_call_s = seconds
             if phase == "measure":

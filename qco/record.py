@@ -160,6 +160,17 @@ class Environment:
 
 
 @dataclass
+class CacheSteps:
+    """What the step cache did in the last measured call (qco/groups/cache.py StepCounter counts what ran)."""
+
+    steps: int  # denoiser calls
+    computed: int  # steps in which every module the cache wraps ran its layers
+    reused: int  # steps in which at least one of them reused its output
+    modules: int  # the modules the cache wraps (blocks, or attention layers)
+    modules_computed: Optional[float] = None  # the share of (module, step) pairs computed: the work done
+
+
+@dataclass
 class Measured:
     """What measuring a run adds to its record (qco/execute.py)."""
 
@@ -171,6 +182,7 @@ class Measured:
     videos: List[str] = field(default_factory=list)
     quality: Optional[Quality] = None
     compile_cache: Optional[CompileCache] = None  # where the denoiser is compiled
+    cache_steps: Optional[CacheSteps] = None  # where a step cache is on
 
 
 @dataclass
@@ -195,6 +207,7 @@ class Record:
     videos: List[str] = field(default_factory=list)
     quality: Optional[Quality] = None
     compile_cache: Optional[CompileCache] = None
+    cache_steps: Optional[CacheSteps] = None
 
     def add(self, measured: Measured) -> None:
         for item in fields(Measured):

@@ -22,17 +22,23 @@ QUANTIZED_LAYER = {"nf4": bnb.nn.Linear4bit, "fp4": bnb.nn.Linear4bit, "int8": b
 
 
 def build(cfg):
-    plan = check_and_plan(cfg)
-    plan.load.source = resolve_source(cfg.model, cfg.paths.models)
-    pipe, _, _ = compose_pipeline(plan)
+    plan, pipe, _ = build_counted(cfg)
     return plan, pipe
 
 
-def generate(pipe, cfg, plan):
-    """The images of one call, as a run makes them (of a video: its first frame)."""
+def build_counted(cfg):
+    """The plan, the pipeline and what counts its step cache's steps (None without a cache)."""
+    plan = check_and_plan(cfg)
+    plan.load.source = resolve_source(cfg.model, cfg.paths.models)
+    pipe, _, _, counter = compose_pipeline(plan)
+    return plan, pipe, counter
+
+
+def generate(pipe, cfg, plan, watch=None):
+    """The images of one call, as a run makes them (of a video: its first frame); `watch`: a step counter."""
     run = cfg.run
     measured = measure_calls(pipe, call_kwargs(run), run.seed, plan.target.device, warmup=0, repeats=1,
-                             steps=run.steps)
+                             steps=run.steps, last_call_watch=watch)
     return measured.images
 
 

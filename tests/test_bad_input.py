@@ -115,6 +115,11 @@ CASES = [
                    [["compile.inductor.max_autotune_gem", "torch._inductor.config", "max_autotune_gemm,"]]),
     _after_compose("11c-compile.mode=fast", ["compile=regional", "compile.mode=fast"],
                    [["compile.mode=fast", "max-autotune-no-cudagraphs"]]),
+    _after_compose("11d-cache=mag-without-ratios", ["cache=mag", "cache.kwargs.mag_ratios=null"],
+                   [["cache.kwargs.mag_ratios=null", "calibrate=true"]]),
+    _after_compose("11e-cache-range-of-three", ["cache=pyramid_attention_broadcast",
+                                                "cache.kwargs.spatial_attention_timestep_skip_range=[1,2,3]"],
+                   [["spatial_attention_timestep_skip_range=[1, 2, 3]", "[start, end]"]]),
     # --- silent wrongs: each ran before, measuring something other than what its label says ---
     _after_compose("14-quant.components-typo", ["quant=nf4", "quant.components=[transfomer]"],
                    [["quant.components=['transfomer']", "no transfomer", "fix:"]]),

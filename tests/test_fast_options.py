@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qco.errors import QcoError
-from tests.helpers import assert_real_image, build, generate
+from tests.helpers import assert_real_image, build, build_counted, generate
 
 
 def _attentions(pipe):
@@ -40,13 +40,27 @@ def test_attention_backend(make_cfg):
     assert_real_image(generate(pipe, cfg, plan)[0])
 
 
-@pytest.mark.parametrize("cache", ["first_block", "taylorseer"])
+# each of diffusers' six step caches: the steps it reuses in 8 (StepCounter counts which wrapped modules ran their
+# layers). The fixed schedules skip the same steps on any weights; the others decide by how much a step changes,
+# on random weights here: MagCache follows FLUX.1-dev's ratios table, so it skips; first block and SeaCache, at
+# their thresholds, find every step of the random tiny model changed enough to compute (counted, 0 reused).
+CACHES = {"first_block": (0, 0), "sea": (0, 0), "taylorseer": (1, 7), "mag": (1, 7),
+          "pyramid_attention_broadcast": (1, 7), "faster": (1, 7)}
+
+
+@pytest.mark.parametrize("cache", sorted(CACHES))
 @pytest.mark.slow
 def test_step_cache(cache, make_cfg):
     cfg = make_cfg(f"cache={cache}", "run.device=cpu", "run.steps=8")
-    plan, pipe = build(cfg)
+    plan, pipe, counter = build_counted(cfg)
     assert pipe.transformer.is_cache_enabled
-    assert_real_image(generate(pipe, cfg, plan)[0])
+    images = generate(pipe, cfg, plan, counter)
+    counted = counter.summary()
+    least, most = CACHES[cache]
+    assert counted["steps"] == 8 and counted["modules"] > 0
+    assert least <= counted["reused"] <= most and counted["computed"] + counted["reused"] == 8
+    assert (counted["modules_computed"] < 1) == (counted["reused"] > 0)
+    assert_real_image(images[0])
 
 
 def test_torchao_quantizes_after_fusion(make_cfg):

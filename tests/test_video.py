@@ -25,9 +25,9 @@ def composed(monkeypatch):
     compose = qco.execute.compose_pipeline
 
     def composing(plan):
-        pipe, seconds, store = compose(plan)
+        pipe, seconds, store, steps = compose(plan)
         seen.update(pipe=pipe, plan=plan, calls=attach_offload_probe(pipe, plan.place.method or "none"))
-        return pipe, seconds, store
+        return pipe, seconds, store, steps
 
     monkeypatch.setattr(qco.execute, "compose_pipeline", composing)
     return seen
