@@ -44,7 +44,14 @@ class Plan:
         if load.quant_backend and load.quant_components:  # (a rule may move the denoiser's to after fusion)
             what = load.quant_method or load.quant_backend
             quant = f"quantized at load: {what} on {', '.join(load.quant_components)}"
-        if load.store and load.quant_components:
+        if load.quant_backend == "gguf" and load.quant_components:
+            given = load.quant_kwargs.get("gguf_file")
+            quant = (f"{tune.component} from the GGUF file {given}" if given else
+                     f"{tune.component} from a GGUF {load.quant_kwargs.get('gguf_type')} file qco writes once into "
+                     f"{load.store}") + ": from_single_file(..., GGUFQuantizationConfig)"
+        elif load.quant_backend == "layerwise_casting":
+            quant = "no quantization at load"
+        elif load.store and load.quant_components:
             quant += f"; kept in {load.store} and loaded from there once kept"
         lines = [f"load     {load.pipeline}.from_pretrained({load.source or self.model}, dtype={load.dtype}"
                  f"{', device_map=' + load.device_map if load.device_map else ''})  [{quant}]"]
@@ -54,6 +61,10 @@ class Plan:
             lines.append(f"tune     torchao.quantization.quantize_(pipe.{tune.component}, "
                          f"{tune.quantize_after_fusion['method']}({_kwargs(tune.quantize_after_fusion['kwargs'])}), "
                          f"device={tune.device})")
+        if load.quant_backend == "layerwise_casting":
+            lines += [f"quant    pipe.{name}.enable_layerwise_casting(storage_dtype=torch."
+                      f"{load.quant_kwargs.get('storage_dtype')}, compute_dtype=torch.{load.dtype})"
+                      for name in load.quant_components]
         if tune.vae_channels_last:
             lines.append("tune     pipe.vae.to(memory_format=torch.channels_last)")
         if tune.attention_backend:

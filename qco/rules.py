@@ -198,6 +198,14 @@ RULES: List[Rule] = [
          when=lambda p: p.load.quant_backend == "torchao" and importlib.util.find_spec("torchao") is None,
          reason="quant.backend=torchao needs the torchao package, which is not installed",
          fix="pip install torchao (a release built for your torch), or choose quant=nf4 / int8"),
+    Rule("sdnq_installed",
+         when=lambda p: p.load.quant_backend == "sdnq" and importlib.util.find_spec("sdnq") is None,
+         reason="quant.backend=sdnq needs the sdnq package (diffusers' SDNQ quantizer calls it), not installed",
+         fix="pip install 'qco[sdnq]' (or pip install sdnq)"),
+    Rule("gguf_installed",
+         when=lambda p: p.load.quant_backend == "gguf" and importlib.util.find_spec("gguf") is None,
+         reason="quant.backend=gguf needs the gguf package (it writes and reads GGUF files), which is not installed",
+         fix="pip install 'qco[gguf]' (or pip install gguf)"),
     Rule("quantize_only_existing_components",
          when=lambda p: bool(p.load.quant_components) and p.components is not None
          and not set(p.load.quant_components) <= p.components,
@@ -267,6 +275,11 @@ RULES: List[Rule] = [
                   "point and complex dtype can require gradients; bitsandbytes quantizes at load only)",
          fix="tweaks.fuse_qkv=false with bitsandbytes, or quant=torchao_int8wo / torchao_fp8 (quantized after "
              "fusion)"),
+    Rule("fuse_qkv_gguf", when=lambda p: _fusing_quantized(p, "gguf"),
+         reason="fusing concatenates q, k and v into a new Linear, which GGUF's packed blocks cannot become",
+         evidence="fuse_qkv_projections on a GGUF Q8_0 denoiser: RuntimeError: Only Tensors of floating point and "
+                  "complex dtype can require gradients (tiny Flux, CPU, diffusers 0.42.1, gguf 0.19)",
+         fix="tweaks.fuse_qkv=false with a GGUF denoiser, or quant=torchao_int8wo (quantized after fusion)"),
     Rule("attention_backend_needs_cuda",
          when=lambda p: p.tune.attention_backend is not None and p.tune.attention_backend not in CPU_ATTENTION
          and not p.target.is_cuda,
@@ -338,6 +351,14 @@ RULES: List[Rule] = [
          evidence="offload hooks call torch.compiler.disable, which a fullgraph compile cannot trace "
                   "(torch._dynamo.exc.Unsupported: Attempted to call function marked as skipped); "
                   "the guide compiles without fullgraph when offloading"),
+    Rule("no_fullgraph_with_layerwise_casting",
+         when=lambda p: _compiling(p) and p.load.quant_backend == "layerwise_casting"
+         and p.compile.kwargs.get("fullgraph"),
+         adjust=_fullgraph_off,
+         reason="layerwise casting's hooks make a new Parameter for each cast, which a fullgraph compile cannot "
+                "trace",
+         evidence="quant=layerwise_fp8 compile=regional: torch._dynamo.exc.Unsupported: Attempted to use "
+                  "`torch.nn.Parameter()` constructor with Dynamo (tiny Flux, CPU, torch 2.13, diffusers 0.42.1)"),
     Rule("channels_last_is_4d_only",
          when=lambda p: _compiling(p) and p.compile.channels_last and p.video,
          adjust=_channels_last_off,

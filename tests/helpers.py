@@ -58,6 +58,16 @@ def assert_quantized(pipe, quant, components):
             if quant in ("nf4", "fp4"):
                 assert layers[0].weight.quant_state.quant_type == quant
                 assert layers[0].weight.dtype == torch.uint8
+        elif quant.startswith("gguf"):  # diffusers' GGUF layers, holding the file's packed blocks
+            from diffusers.quantizers.gguf.utils import GGUFLinear
+
+            assert any(isinstance(m, GGUFLinear) for m in module.modules()), f"{name} has no GGUFLinear"
+        elif quant.startswith("sdnq"):  # SD.Next's layers, their weights packed
+            layers = [m for m in module.modules() if type(m).__name__ == "SDNQLinear"]
+            assert layers and all(not m.weight.dtype.is_floating_point for m in layers), f"{name}: no SDNQLinear"
+        elif quant.startswith("layerwise"):  # stored in fp8 between calls
+            assert any(m.weight.dtype == torch.float8_e4m3fn for m in module.modules()
+                       if isinstance(m, torch.nn.Linear)), f"{name} has no fp8 weights"
         else:  # torchao swaps the weights for its own tensor subclasses
             weights = [m.weight for m in module.modules() if isinstance(m, torch.nn.Linear)]
             assert weights and all(type(w).__module__.startswith("torchao") for w in weights)

@@ -10,7 +10,7 @@ import torch
 from qco.errors import QcoError
 from tests.helpers import assert_quantized, assert_real_image, attach_offload_probe, build, generate
 
-QUANTS = ["none", "nf4", "fp4", "int8", "torchao_int8wo", "torchao_fp8"]
+QUANTS = ["none", "nf4", "fp4", "int8", "torchao_int8wo", "torchao_fp8", "gguf_q8_0", "sdnq_int8", "layerwise_fp8"]
 OFFLOADS = ["none", "model", "group_block", "group_leaf", "sequential"]
 REFUSED_ON_CPU = {("quant", "torchao_fp8"): "fp8_needs_sm89", ("offload", "sequential"): "sequential_needs_accelerator"}
 

@@ -95,6 +95,7 @@ def test_group_offload_streams_follow_the_device(make_cfg):
      "record_stream_needs_stream"),
     (H200, ["offload=group_leaf", "offload.use_stream=false", "offload.record_stream=true"],
      "record_stream_needs_stream"),
+    (CPU, ["quant=gguf_q8_0", "tweaks=fuse_qkv"], "fuse_qkv_gguf"),
 ])
 @pytest.mark.slow
 def test_refusals(target, overrides, rule, make_cfg):
@@ -115,6 +116,14 @@ def test_refusals(target, overrides, rule, make_cfg):
 def test_runs_that_are_not_refused(target, overrides, make_cfg):
     pytest.importorskip("torchao")
     plan_for(make_cfg, target, *overrides)
+
+
+@pytest.mark.parametrize("compile_", ["regional", "max_autotune"])
+def test_layerwise_casting_compiles_without_fullgraph(compile_, make_cfg):
+    plan = plan_for(make_cfg, H200, "quant=layerwise_fp8", f"compile={compile_}")
+    assert plan.compile.kwargs["fullgraph"] is False
+    assert any("no_fullgraph_with_layerwise_casting" in note for note in plan.notes)
+    assert plan.load.store is None  # cast at every load: nothing to keep
 
 
 def test_several_refusals_are_reported_together(make_cfg):

@@ -29,7 +29,7 @@ from qco.report import package_versions
 
 log = logging.getLogger(__name__)
 
-LIBRARIES = ("torch", "diffusers", "transformers", "bitsandbytes", "torchao", "safetensors")
+LIBRARIES = ("torch", "diffusers", "transformers", "bitsandbytes", "torchao", "safetensors", "gguf")
 
 
 def source_folder(load: LoadStep) -> Optional[Path]:
