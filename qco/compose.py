@@ -2,7 +2,7 @@
 of its group (qco/groups/):
 
     load (model, quant; or the quantized components kept by an earlier run; a GGUF denoiser)  ->  keep them
-    ->  tune (tweaks, attention)  ->  layerwise casting (quant)  ->  place or offload  ->  split across ranks (parallel)  ->  step cache  ->  compile
+    ->  LoRA adapters (lora)  ->  tune (tweaks, attention)  ->  layerwise casting (quant)  ->  place or offload  ->  split across ranks (parallel)  ->  step cache  ->  compile
 
 Warm-up and the measured calls follow in qco/measure.py. Each step calls diffusers' own API."""
 
@@ -15,6 +15,7 @@ import torch
 
 from qco.groups.cache import enable_step_cache
 from qco.groups.compile import compile_denoiser
+from qco.groups.lora import load_adapters
 from qco.groups.model import LoadStep
 from qco.groups.offload import place_pipeline
 from qco.groups.parallel import split_across_ranks
@@ -46,6 +47,10 @@ def compose_pipeline(plan: Plan):
             start = time.perf_counter()  # kept for the next run (not timed as load)
             store["written"] = keep(folder, pipe, plan.load, key)
             seconds["keep_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    load_adapters(pipe, plan.lora)  # on the loaded (and quantized) weights, before fusion, casting and compile
+    seconds["lora_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     tune_pipeline(pipe, plan.tune)  # before placement: offload hooks wrap the modules as they will run

@@ -14,6 +14,7 @@ from qco.choice import Choice
 from qco.groups.attention import AttentionConfig
 from qco.groups.cache import CacheConfig
 from qco.groups.compile import CompileConfig
+from qco.groups.lora import LoraConfig
 from qco.groups.model import ModelConfig
 from qco.groups.offload import OffloadConfig
 from qco.groups.parallel import ParallelConfig
@@ -22,7 +23,7 @@ from qco.groups.run import RunConfig
 from qco.groups.tweaks import TweaksConfig
 
 # the groups in the order a run applies them (qco/runner.py); each is qco/groups/<name>.py and conf/<name>/
-GROUPS = ("model", "quant", "tweaks", "attention", "offload", "parallel", "cache", "compile", "run")
+GROUPS = ("model", "quant", "lora", "tweaks", "attention", "offload", "parallel", "cache", "compile", "run")
 
 
 class Objective(Choice):
@@ -53,6 +54,7 @@ class PathsConfig:
 class Config:
     model: ModelConfig = MISSING
     quant: QuantConfig = MISSING
+    lora: LoraConfig = MISSING
     compile: CompileConfig = MISSING
     offload: OffloadConfig = MISSING
     attention: AttentionConfig = MISSING
@@ -81,7 +83,7 @@ def typed(config: dict):
 def combination(cfg: Config) -> str:
     """The record's key: the choices of every group, the last three only where something is chosen."""
     extras = "".join(f" {group}={cfg[group].name}" for group, default in
-                     (("attention", "default"), ("cache", "none"), ("tweaks", "none")) if cfg[group].name != default)
+                     (("lora", "none"), ("attention", "default"), ("cache", "none"), ("tweaks", "none")) if cfg[group].name != default)
     if cfg.parallel.method is not None:
         extras += f" parallel={cfg.parallel.name} parallel.degree={cfg.parallel.degree}"
     return (f"model={cfg.model.name} quant={cfg.quant.name} compile={cfg.compile.name} "

@@ -26,6 +26,8 @@ from qco.oom import out_of_memory
 from qco.plan import Plan
 from qco.record import (
     CacheSteps,
+    LoraAdapters,
+    LoraSwap,
     LatencyStats,
     Measured,
     Memory,
@@ -86,6 +88,7 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
         if plan.place.method is not None and plan.target.is_cuda:  # weights cross the bus at every call
             phase.now = "the transfer probe call"
             memory.transfers = transfers(pipe, kwargs, run.seed, plan.target.device)
+        lora = lora_record(pipe, plan, seconds, kwargs, run, phase) if plan.lora.adapters else None
     compile_cache = compiled.save() if compiled is not None else None  # after the calls: never timed
     del pipe  # measured: its memory is free for the reference, if one must be made
     # the cap bounds the measured run; the reference (nothing applied, bf16) is made as on a card that can
@@ -106,7 +109,23 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
                         step_s=StepStats(**stats(steps), last_call=measured.step_s[-1])),
         memory=memory, environment=environment(plan.target.device), quantized_store=store, images=images,
         videos=videos, quality=quality(cfg, plan, kwargs, measured.images) if run.quality else None,
-        compile_cache=compile_cache, cache_steps=CacheSteps(**cache_steps.summary()) if cache_steps else None)
+        compile_cache=compile_cache, lora=lora, cache_steps=CacheSteps(**cache_steps.summary()) if cache_steps else None)
+
+
+def lora_record(pipe, plan: Plan, seconds: dict, kwargs: dict, run, phase) -> LoraAdapters:
+    """The adapters loaded, and each swap of lora.swap_to after the measured calls (timed apart from them)."""
+    from qco.groups.lora import swap_adapters
+
+    phase.now = "the LoRA swaps"
+
+    def one_call() -> float:
+        return measure_calls(pipe, kwargs, run.seed, plan.target.device, 0, 1, run.steps).call_s[0]
+
+    swaps = swap_adapters(pipe, plan.lora, one_call) if plan.lora.swap_to else []
+    adapters = [{"name": a["name"], "from": a.get("file") or a["path"], "rank": a.get("file_rank"),
+                 "weight": a["weight"] * plan.lora.scale} for a in plan.lora.adapters]
+    return LoraAdapters(adapters=adapters, fused=plan.lora.fuse, hotswap=plan.lora.hotswap,
+                        load_s=seconds["lora_s"], swaps=[LoraSwap(**swap) for swap in swaps])
 
 
 def transfers(pipe, kwargs: dict, seed: int, device: str) -> Transfers:

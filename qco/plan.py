@@ -8,6 +8,7 @@ from typing import List, Optional, Set
 from qco.config import Config
 from qco.groups.cache import CacheStep, plan_cache
 from qco.groups.compile import CompileStep, describe_compile, plan_compile
+from qco.groups.lora import LoraStep, describe_lora, plan_lora
 from qco.groups.model import LoadStep
 from qco.groups.offload import PlaceStep, describe_place, plan_place
 from qco.groups.parallel import ParallelStep, parallel_step
@@ -27,6 +28,7 @@ class Plan:
     compile: CompileStep
     tune: TuneStep = field(default_factory=TuneStep)
     cache: CacheStep = field(default_factory=CacheStep)
+    lora: LoraStep = field(default_factory=LoraStep)
     parallel: ParallelStep = field(default_factory=ParallelStep)
     video: bool = False  # the model makes videos (model.video is set)
     memory_limit_gib: Optional[float] = None  # run.memory_limit_gib: the cap on the GPU's allocator
@@ -65,6 +67,7 @@ class Plan:
             lines += [f"quant    pipe.{name}.enable_layerwise_casting(storage_dtype=torch."
                       f"{load.quant_kwargs.get('storage_dtype')}, compute_dtype=torch.{load.dtype})"
                       for name in load.quant_components]
+        lines += [line for line in describe_lora(self.lora) if not line.startswith("swap")]
         if tune.vae_channels_last:
             lines.append("tune     pipe.vae.to(memory_format=torch.channels_last)")
         if tune.attention_backend:
@@ -77,6 +80,7 @@ class Plan:
         if self.cache.method is not None:
             lines.append(f"cache    pipe.{tune.component}.enable_cache({self.cache.method}({_kwargs(self.cache.kwargs)}))")
         lines += describe_compile(self.compile)
+        lines += [line for line in describe_lora(self.lora) if line.startswith("swap")]
         return lines + [f"adjusted {note}" for note in self.notes]
 
 
@@ -102,6 +106,7 @@ def draft_plan(cfg: Config, target: Target) -> Plan:
         tune=TuneStep(component=cfg.model.denoiser, device=target.device, fuse_qkv=cfg.tweaks.fuse_qkv,
                       vae_channels_last=cfg.tweaks.vae_channels_last, attention_backend=cfg.attention.backend),
         cache=plan_cache(cfg.cache),
+        lora=plan_lora(cfg.lora),
         parallel=parallel_step(cfg.parallel),
         video=cfg.model.video is not None,
         memory_limit_gib=cfg.run.memory_limit_gib,

@@ -171,6 +171,27 @@ class CacheSteps:
 
 
 @dataclass
+class LoraSwap:
+    """One adapter swapped in after the measured calls (lora.swap_to), and the call made with it."""
+
+    adapter: str
+    swap_s: float  # load_lora_weights(..., hotswap=True), or unload and load
+    call_s: float  # the call after it: where any recompile happens
+    graphs_compiled: int  # graphs dynamo made for that call (torch's counter): 0 is a swap without recompiling
+
+
+@dataclass
+class LoraAdapters:
+    """The LoRA adapters a run loaded (lora group) and what it did with them."""
+
+    adapters: List[Dict[str, Any]]  # name, the file or id it came from, rank, weight
+    fused: bool
+    hotswap: bool
+    load_s: float  # load_lora_weights and set_adapters (and fuse_lora), after the model's load_s
+    swaps: List[LoraSwap] = field(default_factory=list)
+
+
+@dataclass
 class Measured:
     """What measuring a run adds to its record (qco/execute.py)."""
 
@@ -183,6 +204,7 @@ class Measured:
     quality: Optional[Quality] = None
     compile_cache: Optional[CompileCache] = None  # where the denoiser is compiled
     cache_steps: Optional[CacheSteps] = None  # where a step cache is on
+    lora: Optional[LoraAdapters] = None  # where LoRA adapters are loaded
 
 
 @dataclass
@@ -208,6 +230,7 @@ class Record:
     quality: Optional[Quality] = None
     compile_cache: Optional[CompileCache] = None
     cache_steps: Optional[CacheSteps] = None
+    lora: Optional[LoraAdapters] = None
 
     def add(self, measured: Measured) -> None:
         for item in fields(Measured):

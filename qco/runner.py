@@ -68,6 +68,17 @@ def check_and_plan(cfg: Config, target=None):
     return apply_rules(draft_plan(cfg, target or resolve_target(cfg.run.device)), combination(cfg))
 
 
+def resolve_files(plan, cfg: Config) -> None:
+    """The files the plan loads: the model's (built once where it is a recipe) and each LoRA adapter's (built once
+    where it is random)."""
+    from qco.stores.adapters import resolve_adapters
+    from qco.stores.models import resolve_source
+
+    plan.load.source = resolve_source(cfg.model, cfg.paths.models)
+    resolve_adapters(plan.lora, plan.load.source, cfg.model.denoiser, plan.denoiser_class, cfg.model.pipeline,
+                     cfg.run.dtype, cfg.paths.models, cfg.model.name)
+
+
 def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Record:
     """Run one combination and write results.json and the images into run_dir. A refused or failed
     run still writes results.json, with its status and reason, then raises."""
@@ -94,9 +105,8 @@ def run(cfg: Config, run_dir: Path, overrides: Optional[List[str]] = None) -> Re
             record.status = Status.planned
             return record
         from qco.fit import check_fits
-        from qco.stores.models import resolve_source
 
-        plan.load.source = resolve_source(cfg.model, cfg.paths.models)  # builds a recipe model once
+        resolve_files(plan, cfg)  # builds a recipe model and random adapters once
         check_fits(plan, Path(plan.load.source), cfg)  # a cap its weights alone exceed: refused, nothing loaded
         record.plan = plan.as_dict()
         if plan.parallel.world_size > 1:

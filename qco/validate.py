@@ -20,6 +20,7 @@ from qco.files import inside
 from qco.groups.attention import check_attention_names
 from qco.groups.cache import check_cache
 from qco.groups.compile import check_compile, check_compile_names
+from qco.groups.lora import check_lora
 from qco.groups.model import check_model, check_model_names
 from qco.groups.offload import check_offload
 from qco.groups.parallel import check_parallel
@@ -32,7 +33,7 @@ def check_values(cfg: Config, run_dir: Optional[Path] = None) -> List[str]:
     problems = unknown_keys(cfg) + check_run(cfg.run, cfg.model) + check_parallel(cfg.parallel, cfg.run.device)
     problems += check_stores(cfg) + (check_paths(cfg, run_dir) if run_dir is not None else [])
     problems += check_model(cfg.model) + check_quant(cfg.quant, cfg.model.denoiser) + check_compile(cfg.compile)
-    problems += check_offload(cfg.offload) + check_cache(cfg.cache)
+    problems += check_offload(cfg.offload) + check_cache(cfg.cache) + check_lora(cfg.lora)
     return problems
 
 

@@ -14,8 +14,7 @@ import torch
 
 from qco.compose import compose_pipeline
 from qco.measure import measure_calls
-from qco.stores.models import resolve_source
-from qco.runner import check_and_plan
+from qco.runner import check_and_plan, resolve_files
 from qco.groups.run import call_kwargs
 
 QUANTIZED_LAYER = {"nf4": bnb.nn.Linear4bit, "fp4": bnb.nn.Linear4bit, "int8": bnb.nn.Linear8bitLt}
@@ -29,7 +28,7 @@ def build(cfg):
 def build_counted(cfg):
     """The plan, the pipeline and what counts its step cache's steps (None without a cache)."""
     plan = check_and_plan(cfg)
-    plan.load.source = resolve_source(cfg.model, cfg.paths.models)
+    resolve_files(plan, cfg)
     pipe, _, _, counter = compose_pipeline(plan)
     return plan, pipe, counter
 

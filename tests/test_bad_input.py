@@ -120,6 +120,13 @@ CASES = [
     _after_compose("11e-cache-range-of-three", ["cache=pyramid_attention_broadcast",
                                                 "cache.kwargs.spatial_attention_timestep_skip_range=[1,2,3]"],
                    [["spatial_attention_timestep_skip_range=[1, 2, 3]", "[start, end]"]]),
+    _after_compose("11f-lora-fuse+hotswap", ["lora=hotswap", "lora.fuse=true"],
+                   [["lora.fuse=true with lora.hotswap=true", "nothing left to swap"],
+                    ["lora.swap_to with lora.fuse=true", "cannot be swapped"]], lines=2),
+    _after_compose("11g-lora-swap-with-two", ["lora=two", "+lora.swap_to=[{name: x}]"],
+                   [["lora.swap_to", "lora.adapters has 2"]]),
+    _after_compose("11h-lora-rank-0", ["lora=random", "lora.adapters.0.rank=0"],
+                   [["lora.adapters.0.rank=0", "1 to 1024"]]),
     # --- silent wrongs: each ran before, measuring something other than what its label says ---
     _after_compose("14-quant.components-typo", ["quant=nf4", "quant.components=[transfomer]"],
                    [["quant.components=['transfomer']", "no transfomer", "fix:"]]),

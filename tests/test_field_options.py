@@ -3,18 +3,21 @@
 LoRA adapters (built with peft, loaded with load_lora_weights, hotswapped under compile) and sizes under a
 dynamic compile."""
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from qco.compose import compose_pipeline
-from qco.stores.models import resolve_source
-from qco.runner import check_and_plan
+from qco.runner import check_and_plan, resolve_files
 from tests.helpers import assert_real_image, assert_refused, build, generate, qco_cli
 
 
 def _compose(cfg):
     plan = check_and_plan(cfg)
-    plan.load.source = resolve_source(cfg.model, cfg.paths.models)
+    resolve_files(plan, cfg)
     pipe, seconds, store, _ = compose_pipeline(plan)
     return plan, pipe, store, seconds
 
@@ -126,3 +129,101 @@ def test_options_files_list_every_gguf_type_qco_writes():
         qtype = text.split("gguf_type:")[1].split()[0]
         assert writable(qtype) or "gguf_file" in text, path.name
     assert writable("Q8_0") and not writable("Q4_K")
+
+
+# --- LoRA ---
+
+def _image(cfg):
+    plan, pipe = build(cfg)
+    return np.asarray(generate(pipe, cfg, plan)[0], dtype=np.float32), pipe
+
+
+@pytest.mark.slow
+def test_a_random_adapter_is_built_once_with_non_zero_weights_and_changes_the_image(make_cfg):
+    from safetensors.torch import load_file
+
+    from qco.quality import psnr
+
+    cfg = make_cfg("lora=random", "run.device=cpu")
+    plan = check_and_plan(cfg)
+    resolve_files(plan, cfg)
+    folder = Path(plan.lora.adapters[0]["file"])
+    weights = load_file(folder / "pytorch_lora_weights.safetensors")
+    ups = [w for name, w in weights.items() if "lora_B" in name]
+    assert ups and all(w.abs().sum() > 0 for w in ups)  # peft's own init would leave B at zero
+    assert all(name.startswith("transformer.") for name in weights)  # diffusers' LoRA format
+    built = (folder / "pytorch_lora_weights.safetensors").stat().st_mtime_ns
+    plan_again = check_and_plan(cfg)
+    resolve_files(plan_again, cfg)  # the next run finds it: not built again
+    assert (folder / "pytorch_lora_weights.safetensors").stat().st_mtime_ns == built
+
+    with_adapter, pipe = _image(cfg)
+    assert pipe.get_active_adapters() == ["random"]
+    without, _ = _image(make_cfg("run.device=cpu"))
+    assert psnr(with_adapter, without) is not None  # a different image
+
+
+@pytest.mark.slow
+def test_a_given_adapter_file_loads_like_the_same_weights_built(make_cfg, tmp_path):
+    cfg = make_cfg("lora=random", "run.device=cpu")
+    plan = check_and_plan(cfg)
+    resolve_files(plan, cfg)
+    given = tmp_path / "my_lora.safetensors"
+    given.write_bytes((Path(plan.lora.adapters[0]["file"]) / "pytorch_lora_weights.safetensors").read_bytes())
+    built, _ = _image(cfg)
+    loaded, pipe = _image(make_cfg("lora=random", f"lora.adapters.0.path={given}", "run.device=cpu"))
+    assert (loaded == built).all()
+
+
+@pytest.mark.slow
+def test_two_adapters_are_active_with_their_weights(make_cfg):
+    _, pipe = _image(make_cfg("lora=two", "lora.scale=2", "run.device=cpu"))
+    assert pipe.get_active_adapters() == ["first", "second"]
+    layer = pipe.transformer.transformer_blocks[0].attn.to_q
+    # peft's scaling: the adapter's weight (times lora.scale) times alpha / rank, alpha = rank for qco's adapters
+    assert layer.scaling["first"] == pytest.approx(0.7 * 2) and layer.scaling["second"] == pytest.approx(0.3 * 2)
+
+
+@pytest.mark.parametrize("quant", ["none", "nf4", "int8", "torchao_int8wo"])
+@pytest.mark.slow
+def test_a_fused_adapter_makes_the_unfused_image(quant, make_cfg):
+    """fuse_lora merges the adapter into the weights, quantized ones too (peft dequantizes, merges and quantizes
+    again): the LoRA layers are gone, the image is the unfused one within rounding, and not the base model's."""
+    from qco.quality import psnr
+
+    base, _ = _image(make_cfg(f"quant={quant}", "run.device=cpu"))
+    unfused, _ = _image(make_cfg(f"quant={quant}", "lora=random", "lora.scale=8", "run.device=cpu"))
+    fused, pipe = _image(make_cfg(f"quant={quant}", "lora=random", "lora.scale=8", "lora.fuse=true",
+                                  "run.device=cpu"))
+    assert not any("lora" in name for name, _ in pipe.transformer.named_modules())
+    assert psnr(fused, unfused) > psnr(fused, base) + 6  # much nearer the adapted image than the base one
+
+
+@pytest.mark.parametrize("quant", ["gguf_q8_0", "sdnq_int8", "layerwise_fp8"])
+@pytest.mark.slow
+def test_an_adapter_on_the_other_bases_changes_the_image(quant, make_cfg):
+    from qco.quality import psnr
+
+    base, _ = _image(make_cfg(f"quant={quant}", "run.device=cpu"))
+    adapted, pipe = _image(make_cfg(f"quant={quant}", "lora=random", "lora.scale=8", "run.device=cpu"))
+    assert pipe.get_active_adapters() == ["random"]
+    assert psnr(adapted, base) < 45  # the adapter's change, beyond the base's rounding
+
+
+@pytest.mark.slow
+def test_hotswap_under_compile_swaps_without_recompiling(tmp_path, models_cache):
+    """lora=hotswap: two adapters (one of another rank) swapped into a regionally compiled denoiser; torch's
+    counter says no graph was compiled for either. Without hotswap the rank change recompiles, which the record
+    shows too."""
+    result = qco_cli(["lora=hotswap", "compile=regional", "run.device=cpu", f"hydra.run.dir={tmp_path / 'hot'}"],
+                     tmp_path, models_cache, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "hot" / "results.json").read_text())
+    swaps = record["lora"]["swaps"]
+    assert [s["adapter"] for s in swaps] == ["second", "third"] and record["lora"]["hotswap"]
+    assert record["compile_cache"]["graphs"] > 0 and all(s["graphs_compiled"] == 0 for s in swaps)
+    result = qco_cli(["lora=hotswap", "lora.hotswap=false", "compile=regional", "run.device=cpu",
+                      f"hydra.run.dir={tmp_path / 'cold'}"], tmp_path, models_cache, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    swaps = json.loads((tmp_path / "cold" / "results.json").read_text())["lora"]["swaps"]
+    assert swaps[1]["graphs_compiled"] > 0  # rank 16 -> 8: new shapes, new graphs

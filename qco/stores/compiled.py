@@ -76,6 +76,12 @@ def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
         "tune": {"fuse_qkv": plan.tune.fuse_qkv, "after_fusion": plan.tune.quantize_after_fusion,
                  "attention": plan.tune.attention_backend},
         "cache": {"method": plan.cache.method, "kwargs": plan.cache.kwargs},
+        # LoRA layers are in the graphs by their shapes; their weights are inputs, and under hotswap their
+        # scales too, so which adapter it is (seed, file) is not part of the key, its rank and weight are
+        "lora": {"ranks": [a.get("file_rank") or a["rank"] for a in plan.lora.adapters], "fuse": plan.lora.fuse,
+                 "hotswap": plan.lora.hotswap, "targets": plan.lora.targets if plan.lora.adapters else [],
+                 "weights": None if plan.lora.hotswap else [a["weight"] * plan.lora.scale
+                                                            for a in plan.lora.adapters]},
         # each rank of a split image compiles for its share of the tokens (qco/ranks.py)
         "parallel": {"ulysses": plan.parallel.ulysses_degree, "ring": plan.parallel.ring_degree},
         "offload": {"method": plan.place.method, "others": plan.place.others_offload_type,
