@@ -227,3 +227,26 @@ def test_hotswap_under_compile_swaps_without_recompiling(tmp_path, models_cache)
     assert result.returncode == 0, result.stderr[-3000:]
     swaps = json.loads((tmp_path / "cold" / "results.json").read_text())["lora"]["swaps"]
     assert swaps[1]["graphs_compiled"] > 0  # rank 16 -> 8: new shapes, new graphs
+
+
+# --- sizes under compile ---
+
+@pytest.mark.slow
+def test_a_dynamic_compile_serves_a_sweep_over_sizes_from_one_compile(tmp_path, models_cache):
+    """compile=regional_dynamic over two heights: the second size's graphs come from the first's artifacts (the
+    compile store's key leaves the sizes out of a dynamic compile), where a static compile compiles each size."""
+    compiled = {}
+    for option in ("regional_dynamic", "regional"):
+        sweep = tmp_path / option
+        result = qco_cli(["-m", f"compile={option}", "run.height=64,96", "run.device=cpu",
+                          f"hydra.sweep.dir={sweep}"], tmp_path, models_cache, timeout=900,
+                         QCO_COMPILE_CACHE=str(tmp_path / f"store-{option}"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        records = sorted((json.loads(p.read_text()) for p in sweep.glob("*/results.json")),
+                         key=lambda r: r["started_at"])
+        assert [r["config"]["run"]["height"] for r in records] == [64, 96]
+        compiled[option] = [r["compile_cache"]["graphs_compiled"] for r in records]
+        starts = [r["compile_cache"]["start"] for r in records]
+        assert starts == (["cold", "warm"] if option == "regional_dynamic" else ["cold", "cold"])
+    assert compiled["regional_dynamic"][0] > 0 and compiled["regional_dynamic"][1] == 0
+    assert all(n > 0 for n in compiled["regional"])  # each new size: its own graphs

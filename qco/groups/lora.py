@@ -67,7 +67,7 @@ def describe_lora(step: LoraStep) -> List[str]:
         weights = [a["weight"] * step.scale for a in step.adapters]
         lines.append(f"lora     pipe.set_adapters({[a['name'] for a in step.adapters]}, adapter_weights={weights})")
     if step.fuse:
-        lines.append(f"lora     pipe.fuse_lora(lora_scale=1.0); pipe.unload_lora_weights()  [weights as set above]")
+        lines.append("lora     pipe.fuse_lora(lora_scale=1.0); pipe.unload_lora_weights()  [weights as set above]")
     for adapter in step.swap_to:
         how = "hotswap=True" if step.hotswap else "after unload_lora_weights()"
         where = adapter.get("file") or adapter["path"] or f"random rank {adapter['rank']}, seed {adapter['seed']}"

@@ -86,7 +86,9 @@ def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
         "parallel": {"ulysses": plan.parallel.ulysses_degree, "ring": plan.parallel.ring_degree},
         "offload": {"method": plan.place.method, "others": plan.place.others_offload_type,
                     "kwargs": {k: v for k, v in plan.place.kwargs.items() if k not in ("device", "onload_device")}},
-        "shapes": call,  # height, width, frames, batch: what the graphs are specialised to
+        # height, width, frames, batch: what static graphs are specialised to; a dynamic compile's graphs take any
+        # size, so its artifacts serve every size (a sweep over sizes compiles once)
+        "shapes": None if plan.compile.kwargs.get("dynamic") else call,
         "versions": package_versions(LIBRARIES), "python": platform.python_version(),
         "device": device_name(plan.target.device),
     }

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Issue 26's GPU proof: the field's options at full size (model=flux_dev_random: FLUX.1-dev's architecture with
+# both text encoders, random weights, 1024x1024, 28 steps), side by side on one card in one session, each row its
+# own run (latency, first call, peak allocated and reserved memory, quality against the bf16 reference):
+#   base    bf16, nf4
+#   quant   layerwise fp8 (e4m3), GGUF Q8_0 and Q4_0 (files written by qco with the gguf package; Q4_K cannot be
+#           written by it), SDNQ int8
+#   cache   each of the six beside none (with the record's computed and reused steps)
+#   lora    nf4 and torchao fp8 with one random rank-16 adapter unfused and fused, and hotswapped under a regional
+#           compile (two swaps, graphs compiled counted)
+#   sizes   a compiled sweep over three heights, static (compile=regional) and dynamic (compile=regional_dynamic)
+# A row prints one line to OUT/field.txt as it ends, so a session cut short keeps what ran.
+# Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_field.sh OUT_DIR [PART ...]
+#   PART: base quant cache lora sizes (default: all, in that order)
+set -u
+out=${1:?usage: gpu_field.sh OUT_DIR [PART ...]}; shift
+parts=${*:-base quant cache lora sizes}
+mkdir -p "$out/runs"
+export QCO_MODEL_CACHE=${QCO_MODEL_CACHE:-/tmp/qco-models} QCO_REFERENCE_CACHE=${QCO_REFERENCE_CACHE:-/tmp/qco-refs}
+export QCO_QUANTIZED_CACHE=${QCO_QUANTIZED_CACHE:-/tmp/qco-quantized} QCO_COMPILE_CACHE=${QCO_COMPILE_CACHE:-/tmp/qco-compile}
+export HF_HUB_OFFLINE=1
+common="model=flux_dev_random run.device=cuda"
+{
+  nvidia-smi --query-gpu=index,name,compute_cap,driver_version,memory.total --format=csv
+  python -c "import torch, diffusers, bitsandbytes, torchao, gguf, peft, sdnq; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'bitsandbytes', bitsandbytes.__version__, 'torchao', torchao.__version__, 'peft', peft.__version__)"
+} > "$out/machine.txt" 2>&1
+
+row() {  # row NAME OVERRIDES...: one run, then its line
+  local name=$1; shift
+  local start=$SECONDS
+  python -m qco $common "$@" hydra.run.dir="$out/runs/$name" > "$out/runs/$name.log" 2>&1
+  local code=$?
+  python benchmarks/field_line.py "$name" "$out/runs/$name/results.json" "$code" $((SECONDS - start)) "$*" >> "$out/field.txt"
+}
+
+for part in $parts; do
+  case $part in
+    base)  row bf16 quant=none
+           row nf4 quant=nf4 ;;
+    quant) row layerwise_fp8 quant=layerwise_fp8
+           row gguf_q8_0 quant=gguf_q8_0
+           row gguf_q4_0 quant=gguf_q4_0
+           row sdnq_int8 quant=sdnq_int8 ;;
+    cache) for cache in first_block taylorseer mag sea pyramid_attention_broadcast faster; do
+             row "cache_$cache" "cache=$cache" run.repeats=2
+           done ;;
+    lora)  row nf4_lora quant=nf4 lora=random
+           row nf4_lora_fused quant=nf4 lora=random lora.fuse=true
+           row fp8_lora quant=torchao_fp8 lora=random
+           row fp8_lora_fused quant=torchao_fp8 lora=random lora.fuse=true
+           row fp8_lora_hotswap quant=torchao_fp8 lora=hotswap compile=regional_max_autotune_quick
+           row nf4_lora_hotswap quant=nf4 lora=hotswap compile=regional ;;
+    sizes) for compile in regional regional_dynamic; do
+             for height in 768 1024 1280; do
+               row "size_${compile}_$height" "compile=$compile" "run.height=$height" run.repeats=2 run.quality=false
+             done
+           done ;;
+  esac
+done
+echo "done" >> "$out/field.txt"
