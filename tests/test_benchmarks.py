@@ -146,3 +146,26 @@ def test_compile_sweep_script_combinations_pass_the_rules_for_an_h200(make_cfg):
         assert check_values(cfg) + check_names(cfg) == [], overrides
         plan = apply_rules(draft_plan(cfg, h200), " ".join(overrides))
         assert plan.compile is not None and plan.compile.method == "regional", overrides
+
+
+def test_field_script_rows_compose_and_pass_the_rules_for_an_h200(make_cfg):
+    """Each row of benchmarks/gpu_field.sh (issue 26's GPU proof) composes, passes qco's checks and is not refused
+    on an H200: a bad row costs device time."""
+    import re
+
+    pytest.importorskip("torchao")
+    from qco.plan import draft_plan
+    from qco.rules import apply_rules
+    from qco.target import Target
+    from qco.validate import check_names, check_values
+
+    script = (REPO / "benchmarks" / "gpu_field.sh").read_text()
+    rows = [line.split()[2:] for line in re.findall(r"^\s*(?:\w+\))?\s*(row \S+ .*)$", script, flags=re.M)]
+    assert len(rows) >= 14
+    h200 = Target("cuda:0", (9, 0), "NVIDIA H200")
+    for overrides in rows:
+        overrides = [o.strip('"').replace("$cache", "mag").replace("$compile", "regional_dynamic")
+                     .replace("$height", "768").rstrip(";") for o in overrides if o != ";;"]
+        cfg = make_cfg("model=flux_dev_random", "run.device=cuda", *overrides)
+        assert check_values(cfg) + check_names(cfg) == [], overrides
+        apply_rules(draft_plan(cfg, h200), " ".join(overrides))
