@@ -131,6 +131,22 @@ def test_options_files_list_every_gguf_type_qco_writes():
     assert writable("Q8_0") and not writable("Q4_K")
 
 
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
+def test_threads_write_the_same_gguf_file_as_one(qtype, tmp_path):
+    """The denoiser's tensors are quantized in a pool of threads (a 12B model takes minutes on one core): the file
+    is byte for byte the one a single thread writes, tensors in the same order."""
+    from safetensors.torch import save_file
+
+    from qco.stores.gguf import write_gguf
+
+    generator = torch.Generator().manual_seed(0)
+    save_file({f"blocks.{i}.weight": torch.randn(64, 256, generator=generator, dtype=torch.bfloat16)
+               for i in range(12)} | {"norm.bias": torch.randn(7, generator=generator)}, tmp_path / "a.safetensors")
+    one = write_gguf(tmp_path / "one.gguf", tmp_path, qtype, workers=1)
+    four = write_gguf(tmp_path / "four.gguf", tmp_path, qtype, workers=4)
+    assert one == four == {qtype: 12, "F32": 1}
+    assert (tmp_path / "one.gguf").read_bytes() == (tmp_path / "four.gguf").read_bytes()
 # --- LoRA ---
 
 def _image(cfg):
