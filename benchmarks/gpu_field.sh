@@ -9,24 +9,34 @@
 #   lora    nf4 and torchao fp8 with one random rank-16 adapter unfused and fused, and hotswapped under a regional
 #           compile (two swaps, graphs compiled counted)
 #   sizes   a compiled sweep over three heights, static (compile=regional) and dynamic (compile=regional_dynamic)
-# A row prints one line to OUT/field.txt as it ends, so a session cut short keeps what ran.
+# A row prints one line to OUT/field.txt as it ends, so a session cut short keeps what ran; with FIELD_DEADLINE=S a
+# row that would start after S seconds of the script is listed as not run instead (a lease's time limit).
+# bitsandbytes and torchao rows quantize at load and keep nothing (quant.store=false): the model (34 GiB) and the
+# two GGUF files (19 GiB) already fill most of a lent machine's 64 GiB disk.
 # Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_field.sh OUT_DIR [PART ...]
-#   PART: base quant cache lora sizes (default: all, in that order)
+# Rehearse on a CPU: QCO_BENCH_MODEL=tiny_flux QCO_BENCH_DEVICE=cpu bash benchmarks/gpu_field.sh /tmp/x base
+#   PART: base quant lora cache sizes (default: all, in that order); FIELD_REPEATS: timed calls a row (default 3)
 set -u
 out=${1:?usage: gpu_field.sh OUT_DIR [PART ...]}; shift
-parts=${*:-base quant cache lora sizes}
+parts=${*:-base quant lora cache sizes}
+deadline=${FIELD_DEADLINE:-0}
 mkdir -p "$out/runs"
 export QCO_MODEL_CACHE=${QCO_MODEL_CACHE:-/tmp/qco-models} QCO_REFERENCE_CACHE=${QCO_REFERENCE_CACHE:-/tmp/qco-refs}
 export QCO_QUANTIZED_CACHE=${QCO_QUANTIZED_CACHE:-/tmp/qco-quantized} QCO_COMPILE_CACHE=${QCO_COMPILE_CACHE:-/tmp/qco-compile}
 export HF_HUB_OFFLINE=1
-common="model=flux_dev_random run.device=cuda"
+common="model=${QCO_BENCH_MODEL:-flux_dev_random} run.device=${QCO_BENCH_DEVICE:-cuda} run.repeats=${FIELD_REPEATS:-3}"
+keep="quant.store=false"
 {
   nvidia-smi --query-gpu=index,name,compute_cap,driver_version,memory.total --format=csv
-  python -c "import torch, diffusers, bitsandbytes, torchao, gguf, peft, sdnq; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'bitsandbytes', bitsandbytes.__version__, 'torchao', torchao.__version__, 'peft', peft.__version__)"
+  python -c "import torch, diffusers, bitsandbytes, torchao, gguf, peft; from importlib.metadata import version; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'bitsandbytes', bitsandbytes.__version__, 'torchao', torchao.__version__, 'peft', peft.__version__, 'gguf', version('gguf'))"
+  df -h /tmp
 } > "$out/machine.txt" 2>&1
 
 row() {  # row NAME OVERRIDES...: one run, then its line
   local name=$1; shift
+  if [ "$deadline" -gt 0 ] && [ "$SECONDS" -ge "$deadline" ]; then
+    echo "$name | not run: the script's deadline of $deadline s had passed | $*" >> "$out/field.txt"; return
+  fi
   local start=$SECONDS
   python -m qco $common "$@" hydra.run.dir="$out/runs/$name" > "$out/runs/$name.log" 2>&1
   local code=$?
@@ -36,23 +46,23 @@ row() {  # row NAME OVERRIDES...: one run, then its line
 for part in $parts; do
   case $part in
     base)  row bf16 quant=none
-           row nf4 quant=nf4 ;;
+           row nf4 quant=nf4 $keep ;;
     quant) row layerwise_fp8 quant=layerwise_fp8
            row gguf_q8_0 quant=gguf_q8_0
            row gguf_q4_0 quant=gguf_q4_0
-           row sdnq_int8 quant=sdnq_int8 ;;
-    cache) for cache in first_block taylorseer mag sea pyramid_attention_broadcast faster; do
-             row "cache_$cache" "cache=$cache" run.repeats=2
+           row sdnq_int8 quant=sdnq_int8 $keep ;;
+    cache) for cache in first_block taylorseer pyramid_attention_broadcast faster mag sea; do
+             row "cache_$cache" "cache=$cache"
            done ;;
-    lora)  row nf4_lora quant=nf4 lora=random
-           row nf4_lora_fused quant=nf4 lora=random lora.fuse=true
-           row fp8_lora quant=torchao_fp8 lora=random
-           row fp8_lora_fused quant=torchao_fp8 lora=random lora.fuse=true
-           row fp8_lora_hotswap quant=torchao_fp8 lora=hotswap compile=regional_max_autotune_quick
-           row nf4_lora_hotswap quant=nf4 lora=hotswap compile=regional ;;
+    lora)  row nf4_lora quant=nf4 lora=random $keep
+           row nf4_lora_fused quant=nf4 lora=random lora.fuse=true $keep
+           row nf4_lora_hotswap quant=nf4 lora=hotswap compile=regional $keep
+           row fp8_lora quant=torchao_fp8 lora=random $keep
+           row fp8_lora_fused quant=torchao_fp8 lora=random lora.fuse=true $keep
+           row fp8_lora_hotswap quant=torchao_fp8 lora=hotswap compile=regional_max_autotune_quick $keep ;;
     sizes) for compile in regional regional_dynamic; do
              for height in 768 1024 1280; do
-               row "size_${compile}_$height" "compile=$compile" "run.height=$height" run.repeats=2 run.quality=false
+               row "size_${compile}_$height" "compile=$compile" "run.height=$height" run.quality=false
              done
            done ;;
   esac
