@@ -30,6 +30,11 @@ def line(name: str, path: str, code: str, wall: str, overrides: str) -> str:
     if r.quantized_store and r.quantized_store.get("tensors"):
         parts.append(f"gguf {r.quantized_store['tensors']} written {r.quantized_store.get('written')} "
                      f"keep {t.keep_s}")
+    if r.peak is not None:
+        p = r.peak
+        parts.append(f"denoiser {p.denoiser_tflop_per_call or 0:.1f} TFLOP a call, {p.achieved_tflops or 0:.0f} TFLOP/s "
+                     f"{p.matmul_dtype}, peak_fraction {p.peak_fraction if p.peak_fraction is None else round(p.peak_fraction, 3)}"
+                     + (f", bus {p.bus_copy_gib_s or 0:.1f}/{p.bus_probe_gib_s:.1f} GiB/s" if p.bus_probe_gib_s else ""))
     if r.cache_steps:
         c = r.cache_steps
         parts.append(f"steps computed {c.computed} reused {c.reused} of {c.steps} (modules computed {c.modules_computed})")

@@ -23,6 +23,7 @@ from qco.measure import (
     stats,
 )
 from qco.oom import out_of_memory
+from qco.peak import DenoiserWatch, card_peak, denoiser_work, matmul_dtype, median_step_s, probe_pinned_bandwidth
 from qco.plan import Plan
 from qco.record import (
     CacheSteps,
@@ -31,6 +32,7 @@ from qco.record import (
     LatencyStats,
     Measured,
     Memory,
+    Peak,
     Quality,
     StepStats,
     Timings,
@@ -77,9 +79,10 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
     if compiled is not None:
         compiled.load()  # before the first call: a warm start where this key was compiled before
     device.reset()
+    watch = DenoiserWatch(getattr(pipe, plan.tune.component))  # the denoiser's inputs, for its FLOP count
     with compile_settings(plan.compile.dynamo, plan.compile.inductor):
         measured = measure_calls(pipe, kwargs, run.seed, plan.target.device, run.warmup, run.repeats,
-                                 run.steps, phase, last_call_watch=cache_steps)
+                                 run.steps, phase, last_call_watches=[cache_steps, watch])
         peaks = device.peaks_gib()
         memory = Memory(peak_allocated_gib=peaks["peak_allocated_gib"], peak_reserved_gib=peaks["peak_reserved_gib"],
                         host_peak_gib=host.peak_gib(), load_peak_allocated_gib=load_memory["peak_allocated_gib"],
@@ -90,6 +93,7 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
             memory.transfers = transfers(pipe, kwargs, run.seed, plan.target.device)
         lora = lora_record(pipe, plan, seconds, kwargs, run, phase) if plan.lora.adapters else None
     compile_cache = compiled.save() if compiled is not None else None  # after the calls: never timed
+    peak = peak_record(cfg, plan, watch, measured, memory)  # after the calls: never timed
     del pipe  # measured: its memory is free for the reference, if one must be made
     # the cap bounds the measured run; the reference (nothing applied, bf16) is made as on a card that can
     # make it, so a capped run's quality is measured against the same image as an uncapped one's
@@ -109,7 +113,53 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
                         step_s=StepStats(**stats(steps), last_call=measured.step_s[-1])),
         memory=memory, environment=environment(plan.target.device), quantized_store=store, images=images,
         videos=videos, quality=quality(cfg, plan, kwargs, measured.images) if run.quality else None,
-        compile_cache=compile_cache, lora=lora, cache_steps=CacheSteps(**cache_steps.summary()) if cache_steps else None)
+        compile_cache=compile_cache, lora=lora, cache_steps=CacheSteps(**cache_steps.summary()) if cache_steps else None,
+        peak=peak)
+
+
+def peak_record(cfg: Config, plan: Plan, watch: DenoiserWatch, measured, memory: Memory) -> Peak:
+    """How close the denoiser's steps came to the card's dense peak, and the copies to the bus's speed. A figure
+    that cannot be had (a CPU, a card not in the table, a denoiser compiled whole before any count was kept) is
+    None with the reason in the note; a failure here never fails the measured run."""
+    run, notes = cfg.run, []
+    result = Peak(matmul_dtype=matmul_dtype(plan.load), step_s=median_step_s(measured.step_s))
+    try:
+        shape = {"pipeline": cfg.model.pipeline, "height": run.height, "width": run.width, "frames": run.frames,
+                 "batch": run.batch, "guidance": run.guidance}
+        work, how = denoiser_work(watch, plan.denoiser_class, Path(plan.load.source) / cfg.model.denoiser,
+                                  run.dtype, shape, cfg.paths.models)
+    except Exception as error:  # noqa: BLE001 - a model flop_counter cannot run on the meta device
+        work, how = None, f"the FLOP count failed ({type(error).__name__}: {str(error)[:200]})"
+    if work is None:
+        notes.append(how)
+    else:
+        result.denoiser_tflop_per_call, result.flops_from = work.flop_per_call / 1e12, how
+        result.denoiser_calls_per_step = work.calls_per_image_call / run.steps
+        if result.step_s:
+            flop_per_step = work.flop_per_call * result.denoiser_calls_per_step
+            result.achieved_tflops = flop_per_step / result.step_s / 1e12
+    result.peak_tflops, source = card_peak(plan.target.name if plan.target.is_cuda else None, result.matmul_dtype)
+    if result.peak_tflops is None:
+        notes.append(source)
+    else:
+        result.peak_source = source
+        if result.achieved_tflops is not None:
+            result.peak_fraction = result.achieved_tflops / result.peak_tflops
+    to_gpu = memory.transfers.to_gpu if memory.transfers else None
+    if to_gpu is not None and to_gpu.gib_per_call > 0:
+        try:
+            result.bus_probe_gib_s = probe_pinned_bandwidth(plan.target.device)
+        except Exception as error:  # noqa: BLE001 - e.g. no pinned memory to spare under a host limit
+            notes.append(f"the bus probe failed ({type(error).__name__}: {str(error)[:200]})")
+        result.bus_moved_gib_per_call, result.bus_copy_gib_s = to_gpu.gib_per_call, to_gpu.gib_per_s
+        if result.bus_probe_gib_s:
+            result.bus_floor_s = to_gpu.gib_per_call / result.bus_probe_gib_s
+            if to_gpu.gib_per_s:
+                result.bus_fraction = to_gpu.gib_per_s / result.bus_probe_gib_s
+    if plan.cache.method is not None and result.achieved_tflops is not None:
+        notes.append("a step cache skips work, so the TFLOP/s count the work its steps stand for (nominal)")
+    result.note = "; ".join(notes)
+    return result
 
 
 def lora_record(pipe, plan: Plan, seconds: dict, kwargs: dict, run, phase) -> LoraAdapters:

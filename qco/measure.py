@@ -97,11 +97,12 @@ class Phase:
 
 
 def measure_calls(pipe, call_kwargs: dict, seed: int, device: str, warmup: int, repeats: int,
-                  steps: int, phase: Optional[Phase] = None, last_call_watch=None) -> Measurement:
+                  steps: int, phase: Optional[Phase] = None, last_call_watches=()) -> Measurement:
     """Warm-up calls (the first one's time is the compile cost), then timed calls. Every call starts
-    from the same seed, so every call makes the same image. `last_call_watch` (arm(), disarm()): what watches
-    the last call, the step cache's counter."""
+    from the same seed, so every call makes the same image. `last_call_watches` (each with arm() and disarm(),
+    None left out): what watches the last call, the step cache's counter and the denoiser's inputs."""
     pipe.set_progress_bar_config(disable=True)
+    watches = [w for w in last_call_watches if w is not None]
     tracker = phase
     result = Measurement()
     calls = [("warm-up", i) for i in range(warmup)] + [("measure", i) for i in range(repeats)]
@@ -115,14 +116,16 @@ def measure_calls(pipe, call_kwargs: dict, seed: int, device: str, warmup: int, 
             synchronize(device)
             start = time.perf_counter()
             last = index == len(calls) - 1
-            if last and last_call_watch is not None:
-                last_call_watch.arm()
+            if last:
+                for watch in watches:
+                    watch.arm()
             clock.start()
             output = pipe(**call_kwargs, generator=generator, callback_on_step_end=clock)
             synchronize(device)
             seconds = time.perf_counter() - start
-            if last and last_call_watch is not None:
-                last_call_watch.disarm()
+            if last:
+                for watch in watches:
+                    watch.disarm()
             if index == 0:
                 result.first_call_s = seconds
             if phase == "measure":

@@ -192,6 +192,29 @@ class LoraAdapters:
 
 
 @dataclass
+class Peak:
+    """How close the run came to the card's limits (qco/peak.py): the denoiser's counted work over its median
+    step against the card's dense peak for the dtype of its matrix products; where weights move, the copies'
+    speed against the bus's, as probed on the machine. A figure that cannot be had is None, and `note` says why."""
+
+    denoiser_tflop_per_call: Optional[float] = None  # torch.utils.flop_counter, one call, on the meta device
+    denoiser_calls_per_step: Optional[float] = None  # 1 for Flux; 2 where guidance calls it twice (Wan)
+    flops_from: Optional[str] = None  # counted (this run), or kept (an earlier run of the model and size)
+    step_s: Optional[float] = None  # the median denoising step of the timed calls (each call's first left out)
+    achieved_tflops: Optional[float] = None  # the step's FLOPs over step_s (nominal where a step cache skips work)
+    matmul_dtype: Optional[str] = None
+    peak_tflops: Optional[float] = None  # the card's dense peak for matmul_dtype
+    peak_source: Optional[str] = None
+    peak_fraction: Optional[float] = None  # achieved_tflops / peak_tflops
+    bus_probe_gib_s: Optional[float] = None  # pinned host-to-GPU copy, best of three, on this machine
+    bus_moved_gib_per_call: Optional[float] = None  # host to GPU in the profiled call
+    bus_copy_gib_s: Optional[float] = None  # those copies' speed (their bytes over the copy engine's time)
+    bus_fraction: Optional[float] = None  # bus_copy_gib_s / bus_probe_gib_s
+    bus_floor_s: Optional[float] = None  # the call's copies at the probe's speed: the least they can take
+    note: str = ""
+
+
+@dataclass
 class Measured:
     """What measuring a run adds to its record (qco/execute.py)."""
 
@@ -205,6 +228,7 @@ class Measured:
     compile_cache: Optional[CompileCache] = None  # where the denoiser is compiled
     cache_steps: Optional[CacheSteps] = None  # where a step cache is on
     lora: Optional[LoraAdapters] = None  # where LoRA adapters are loaded
+    peak: Optional[Peak] = None  # how close to the card's limits (on a GPU; on a CPU the FLOPs alone)
 
 
 @dataclass
@@ -231,6 +255,7 @@ class Record:
     compile_cache: Optional[CompileCache] = None
     cache_steps: Optional[CacheSteps] = None
     lora: Optional[LoraAdapters] = None
+    peak: Optional[Peak] = None
 
     def add(self, measured: Measured) -> None:
         for item in fields(Measured):
@@ -257,6 +282,8 @@ class Record:
         if record.status == Status.ok:
             _check_figures(record.timings, "record.timings")
             _check_figures(record.memory, "record.memory")
+            if record.peak is not None:
+                _check_figures(record.peak, "record.peak")
         return record
 
     def latency_s(self) -> float:
@@ -485,6 +512,9 @@ class Row:
     host_peak_gib: Optional[float] = None
     moved_gib_per_call: Optional[float] = None
     moved_gib_s: Optional[float] = None
+    tflops: Optional[float] = None  # the denoiser's achieved TFLOP/s (record.peak)
+    peak_fraction: Optional[float] = None  # of the card's dense peak
+    bus_fraction: Optional[float] = None  # the copies' speed over the probed pinned bus speed
     ssim: Optional[float] = None
     psnr_db: Optional[float] = None
     identical: bool = False
@@ -544,7 +574,7 @@ def row_of(record: Record, folder: Path) -> Row:
               dir=folder, record=record)
     if record.status != Status.ok:
         return row
-    timings, memory, quality = record.timings, record.memory, record.quality
+    timings, memory, quality, peak = record.timings, record.memory, record.quality, record.peak
     to_gpu = memory.transfers.to_gpu if memory.transfers else None
     measured = quality is not None and quality.ssim is not None
     return dataclasses.replace(
@@ -554,6 +584,8 @@ def row_of(record: Record, folder: Path) -> Row:
         peak_allocated_gib=memory.peak_allocated_gib, peak_reserved_gib=memory.peak_reserved_gib,
         host_peak_gib=memory.host_peak_gib,
         moved_gib_per_call=to_gpu.gib_per_call if to_gpu else None, moved_gib_s=to_gpu.gib_per_s if to_gpu else None,
+        tflops=peak.achieved_tflops if peak else None, peak_fraction=peak.peak_fraction if peak else None,
+        bus_fraction=peak.bus_fraction if peak else None,
         ssim=quality.ssim if measured else None, psnr_db=quality.psnr_db if measured else None,
         identical=quality.identical if measured else False,
         images=[f"{folder.name}/{name}" for name in record.images if (folder / name).is_file()],

@@ -37,7 +37,7 @@ def generate(pipe, cfg, plan, watch=None):
     """The images of one call, as a run makes them (of a video: its first frame); `watch`: a step counter."""
     run = cfg.run
     measured = measure_calls(pipe, call_kwargs(run), run.seed, plan.target.device, warmup=0, repeats=1,
-                             steps=run.steps, last_call_watch=watch)
+                             steps=run.steps, last_call_watches=[watch])
     return measured.images
 
 
