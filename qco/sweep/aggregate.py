@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 # sweep.md, for reading: what tells the rows apart (sweep.csv and sweep.json have every column: TIDY_COLUMNS)
 COLUMNS = ["job", "status", "cap_gib", "latency_s", "latency_stdev_s", "first_call_s", "compile_start", "peak_allocated_gib",
-           "peak_reserved_gib", "host_peak_gib", "moved_gib_per_call", "moved_gib_s", "ssim", "psnr_db", "reason"]
+           "peak_reserved_gib", "host_peak_gib", "moved_gib_per_call", "moved_gib_s", "tflops", "peak_fraction",
+           "bus_fraction", "ssim", "psnr_db", "reason"]
 
 
 def load_rows(sweep_dir: Path) -> List[Row]:
@@ -53,15 +54,16 @@ def card_markdown(rows: List[Row]) -> str:
     from qco.report import aligned
 
     table = [["card (GiB)", "fastest that ran under this cap or a smaller one", "latency s", "peak reserved GiB",
-              "SSIM", "PSNR dB", "command"]]
+              "peak fraction", "bus fraction", "SSIM", "PSNR dB", "command"]]
     for entry in card(rows):
         row = entry["row"]
         if row is None:
-            table.append([f"{entry['cap_gib']:g}", "nothing ran under this cap", "-", "-", "-", "-", "-"])
+            table.append([f"{entry['cap_gib']:g}", "nothing ran under this cap"] + ["-"] * 7)
             continue
         psnr = "identical" if row.identical else _cell(row.psnr_db)
         table.append([f"{entry['cap_gib']:g}", f"{row.job} (under {row.cap_gib:g})", f"{row.latency_s:.3f}",
-                      _cell(row.peak_reserved_gib), _cell(row.ssim), psnr, f"`{command_line(row)}`"])
+                      _cell(row.peak_reserved_gib), _cell(row.peak_fraction), _cell(row.bus_fraction), _cell(row.ssim),
+                      psnr, f"`{command_line(row)}`"])
     return aligned(table) + "\n"
 
 
