@@ -2,7 +2,7 @@
 # Issue 26's GPU proof: the field's options at full size (model=flux_dev_random: FLUX.1-dev's architecture with
 # both text encoders, random weights, 1024x1024, 28 steps), side by side on one card in one session, each row its
 # own run (latency, first call, peak allocated and reserved memory, quality against the bf16 reference):
-#   base    bf16, nf4
+#   base    bf16, nf4, and the leanest preset under a 4 GiB cap (weights cross the bus: the record's bus figures)
 #   quant   layerwise fp8 (e4m3), GGUF Q8_0 and Q4_0 (files written by qco with the gguf package; Q4_K cannot be
 #           written by it), SDNQ int8
 #   cache   each of the six beside none (with the record's computed and reused steps)
@@ -46,7 +46,8 @@ row() {  # row NAME OVERRIDES...: one run, then its line
 for part in $parts; do
   case $part in
     base)  row bf16 quant=none
-           row nf4 quant=nf4 $keep ;;
+           row nf4 quant=nf4 $keep
+           row leanest_cap4 experiment=leanest_flux run.memory_limit_gib=4 $keep ;;
     quant) row layerwise_fp8 quant=layerwise_fp8
            row gguf_q8_0 quant=gguf_q8_0
            row gguf_q4_0 quant=gguf_q4_0
