@@ -30,6 +30,22 @@ keep="quant.store=false"
   nvidia-smi --query-gpu=index,name,compute_cap,driver_version,memory.total --format=csv
   python -c "import torch, diffusers, bitsandbytes, torchao, gguf, peft; from importlib.metadata import version; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'bitsandbytes', bitsandbytes.__version__, 'torchao', torchao.__version__, 'peft', peft.__version__, 'gguf', version('gguf'))"
   df -h /tmp
+  # what a large bf16 matrix product and an fp8 one reach on this card, against the datasheet peaks of qco/peak.py
+  python - <<'PY'
+import torch
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+for name, run in [("bf16 8192^3 matmul", lambda: a @ a),
+                  ("fp8 e4m3 8192^3 scaled matmul", lambda: torch._scaled_mm(
+                      f8, f8t, scale_a=one, scale_b=one, out_dtype=torch.bfloat16))]:
+    if "fp8" in name:
+        f8 = a.to(torch.float8_e4m3fn); f8t = f8.t(); one = torch.ones((), device="cuda")
+    for _ in range(3): run()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(); [run() for _ in range(20)]; end.record(); end.synchronize()
+    print(f"{name}: {2 * 8192**3 * 20 / (start.elapsed_time(end) / 1000) / 1e12:.0f} TFLOP/s")
+from qco.peak import probe_pinned_bandwidth
+print(f"pinned host-to-GPU copy of 1 GiB, best of 3: {probe_pinned_bandwidth('cuda'):.1f} GiB/s")
+PY
 } > "$out/machine.txt" 2>&1
 
 row() {  # row NAME OVERRIDES...: one run, then its line
