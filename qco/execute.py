@@ -93,11 +93,11 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
             memory.transfers = transfers(pipe, kwargs, run.seed, plan.target.device)
         lora = lora_record(pipe, plan, seconds, kwargs, run, phase) if plan.lora.adapters else None
     compile_cache = compiled.save() if compiled is not None else None  # after the calls: never timed
-    peak = peak_record(cfg, plan, watch, measured, memory)  # after the calls: never timed
     del pipe  # measured: its memory is free for the reference, if one must be made
     # the cap bounds the measured run; the reference (nothing applied, bf16) is made as on a card that can
     # make it, so a capped run's quality is measured against the same image as an uncapped one's
     device.lift()
+    peak = peak_record(cfg, plan, watch, measured, memory)  # after the calls and the cap: its probe needs 1 GiB
     images, videos = [], []
     for index, image in enumerate(measured.images):  # of a video: its first frame, for tables and grids
         save_image_atomic(image, run_dir / f"image_{index}.png")
