@@ -35,6 +35,9 @@ def line(name: str, path: str, code: str, wall: str, overrides: str) -> str:
         parts.append(f"denoiser {p.denoiser_tflop_per_call or 0:.1f} TFLOP a call, {p.achieved_tflops or 0:.0f} TFLOP/s "
                      f"{p.matmul_dtype}, peak_fraction {p.peak_fraction if p.peak_fraction is None else round(p.peak_fraction, 3)}"
                      + (f", bus {p.bus_copy_gib_s or 0:.1f}/{p.bus_probe_gib_s:.1f} GiB/s" if p.bus_probe_gib_s else ""))
+    if m.transfers is not None and m.transfers.to_gpu is not None:
+        parts.append(f"moved {m.transfers.to_gpu.gib_per_call:.2f} GiB a call, compute waited "
+                     f"{m.transfers.compute_waited_s} s")
     if r.cache_steps:
         c = r.cache_steps
         parts.append(f"steps computed {c.computed} reused {c.reused} of {c.steps} (modules computed {c.modules_computed})")

@@ -138,7 +138,9 @@ def measure_calls(pipe, call_kwargs: dict, seed: int, device: str, warmup: int, 
 def measure_transfers(pipe, call_kwargs: dict, seed: int, device: str) -> Transfers:
     """One more call (untimed) under torch's profiler, CUDA activity only: how many GiB the copies between
     host and GPU moved in it, each way, and at what speed (their bytes over the time the copy engine spent on
-    them), by the kind of host memory (pinned or pageable). Says why a row that moves weights is slow."""
+    them), by the kind of host memory (pinned or pageable), and how long the GPU computed nothing while weights
+    came in (compute_waited_s: host-to-GPU copy time not hidden under any kernel). Says why a row that moves
+    weights is slow."""
     from torch.profiler import ProfilerActivity, profile
 
     with tempfile.TemporaryDirectory() as folder:
@@ -167,7 +169,39 @@ def copies_in_trace(events: list) -> Transfers:
             kinds[kind] = kinds.get(kind, 0.0) + event["args"]["bytes"] / GIB
         ways[direction] = Transfer(gib_per_call=moved, gib_per_s=moved / seconds if seconds else None,
                                    copies=len(chosen), gib_by_kind=kinds)
-    return Transfers(to_gpu=ways["HtoD"], from_gpu=ways["DtoH"])
+    kernels = [e for e in events if e.get("cat") == "kernel" and "ts" in e and "dur" in e]
+    to_gpu = [e for e in copies if "HtoD" in e["name"] and "ts" in e]
+    waited = _length(_union(to_gpu)) - _overlap(_union(to_gpu), _union(kernels)) if to_gpu and kernels else None
+    return Transfers(to_gpu=ways["HtoD"], from_gpu=ways["DtoH"],
+                     compute_waited_s=None if waited is None else waited / 1e6)
+
+
+def _union(events: list) -> List[tuple]:
+    """The (start, end) intervals a list of trace events covers, merged (microseconds)."""
+    merged: List[list] = []
+    for start, end in sorted((e["ts"], e["ts"] + e["dur"]) for e in events):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [tuple(m) for m in merged]
+
+
+def _length(intervals: List[tuple]) -> float:
+    return sum(end - start for start, end in intervals)
+
+
+def _overlap(a: List[tuple], b: List[tuple]) -> float:
+    """How long two merged interval lists overlap: a copy hidden under a kernel."""
+    total, j = 0.0, 0
+    for start, end in a:
+        while j < len(b) and b[j][1] <= start:
+            j += 1
+        k = j
+        while k < len(b) and b[k][0] < end:
+            total += min(end, b[k][1]) - max(start, b[k][0])
+            k += 1
+    return total
 
 
 class DeviceMemory:

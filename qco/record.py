@@ -82,6 +82,8 @@ class Transfers:
     to_gpu: Optional[Transfer] = None
     from_gpu: Optional[Transfer] = None
     error: Optional[str] = None  # the probe failed; the run's measurement stands
+    # host-to-GPU copy time during which no kernel ran: the call waited on the bus (0: every copy overlapped)
+    compute_waited_s: Optional[float] = None
 
 
 @dataclass

@@ -326,6 +326,25 @@ def test_transfers_are_summed_each_way_by_kind_of_memory():
     assert GIB == 2**30
 
 
+def test_the_time_compute_waited_on_copies_is_the_copy_time_no_kernel_hides():
+    """Copies 0-100 and 150-250 us; kernels 50-120 and 200-300 and 400-500: copies ran 200 us, 100 of them
+    under a kernel, so the GPU computed nothing for 100 us while weights came in. Copies back to the host and
+    kernels alone do not count."""
+    from qco.measure import copies_in_trace
+
+    def event(cat, name, ts, dur):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "args": {"bytes": 2**20}}
+
+    events = [event("gpu_memcpy", "Memcpy HtoD (Pinned -> Device)", 0, 100),
+              event("gpu_memcpy", "Memcpy HtoD (Pinned -> Device)", 150, 100),
+              event("gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", 600, 300),
+              event("kernel", "gemm", 50, 70), event("kernel", "gemm", 60, 10), event("kernel", "gemm", 200, 100),
+              event("kernel", "gemm", 400, 100)]
+    assert copies_in_trace(events).compute_waited_s == pytest.approx(100e-6)
+    hidden = [event("gpu_memcpy", "Memcpy HtoD (Pinned -> Device)", 10, 20), event("kernel", "gemm", 0, 50)]
+    assert copies_in_trace(hidden).compute_waited_s == 0
+
+
 def test_out_of_memory_names_what_fit_in_the_sweep_by_its_reserve(card_sweep):
     from qco.oom import fitting_in_sweep
     from qco.sweep.aggregate import read_rows
