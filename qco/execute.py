@@ -113,8 +113,8 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
                         step_s=StepStats(**stats(steps), last_call=measured.step_s[-1])),
         memory=memory, environment=environment(plan.target.device), quantized_store=store, images=images,
         videos=videos, quality=quality(cfg, plan, kwargs, measured.images) if run.quality else None,
-        compile_cache=compile_cache, lora=lora, cache_steps=CacheSteps(**cache_steps.summary()) if cache_steps else None,
-        peak=peak)
+        compile_cache=compile_cache, lora=lora, peak=peak,
+        cache_steps=CacheSteps(**cache_steps.summary()) if cache_steps else None)
 
 
 def peak_record(cfg: Config, plan: Plan, watch: DenoiserWatch, measured, memory: Memory) -> Peak:
@@ -127,7 +127,7 @@ def peak_record(cfg: Config, plan: Plan, watch: DenoiserWatch, measured, memory:
         shape = {"pipeline": cfg.model.pipeline, "height": run.height, "width": run.width, "frames": run.frames,
                  "batch": run.batch, "guidance": run.guidance}
         work, how = denoiser_work(watch, plan.denoiser_class, Path(plan.load.source) / cfg.model.denoiser,
-                                  run.dtype, shape, cfg.paths.models)
+                                  run.dtype, shape, cfg.paths.models, cfg.model.name)
     except Exception as error:  # noqa: BLE001 - a model flop_counter cannot run on the meta device
         work, how = None, f"the FLOP count failed ({type(error).__name__}: {str(error)[:200]})"
     if work is None:

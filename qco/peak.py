@@ -5,9 +5,9 @@ the pinned host-to-GPU bandwidth a short probe measures on the same machine.
 The FLOPs of one denoiser call are counted by torch's own torch.utils.flop_counter, on the meta device (the
 model built from its config, no weights, no GPU: a 12B Flux in about 2 s of CPU), with inputs of the shapes the
 run's denoiser was called with (DenoiserWatch sees them in an uncompiled call). They depend on the architecture
-and the shapes alone, so they are counted once and kept beside the model (paths.models/flops/, keyed by the
-denoiser's config and the run's size); a run whose denoiser is compiled whole, where no hook sees its inputs,
-finds them there once an uncompiled run of the same model and size has counted them."""
+and the shapes alone, so they are counted once and kept beside the model (paths.models/<model>-flops-<key>.json,
+keyed by the denoiser's config and the run's size); a run whose denoiser is compiled whole, where no hook sees
+its inputs, finds them there once an uncompiled run of the same model and size has counted them."""
 
 import hashlib
 import json
@@ -152,15 +152,16 @@ class Work:
 
 
 def denoiser_work(watch: Optional[DenoiserWatch], denoiser_class: str, config_dir: Path, dtype: str,
-                  shape_key: Dict[str, Any], models_cache: str) -> Tuple[Optional[Work], str]:
+                  shape_key: Dict[str, Any], models_cache: str, model: str) -> Tuple[Optional[Work], str]:
     """The denoiser's work, counted now from what the watch saw, or kept from a run of the same model and size;
-    (None, why) where neither is there. A count kept for other shapes than the watch saw is counted again."""
+    (None, why) where neither is there. A count kept for other shapes than the watch saw is counted again. Kept as
+    a file beside the model's folder in the models store, <model>-flops-<key>.json."""
     from qco.files import write_json_atomic
 
     config = (config_dir / "config.json").read_bytes()
     key = {"denoiser": denoiser_class, "config": hashlib.sha256(config).hexdigest(), "dtype": dtype, **shape_key}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    path = Path(models_cache).expanduser() / "flops" / f"{digest}.json"
+    path = Path(models_cache).expanduser() / f"{model}-flops-{digest}.json"
     kept = _read_kept(path, key)
     seen = watch.inputs if watch is not None and watch.calls else None
     if kept is not None and (seen is None or kept.inputs == seen):

@@ -24,7 +24,8 @@ def _flux_inputs(tokens: int, text: int, channels: int, joint: int, pooled: int,
                 timestep=torch.ones(1, dtype=b, device=device), guidance=torch.ones(1, device=device),
                 pooled_projections=torch.randn(1, pooled, dtype=b, device=device),
                 encoder_hidden_states=torch.randn(1, text, joint, dtype=b, device=device),
-                txt_ids=torch.zeros(text, 3, dtype=b, device=device), img_ids=torch.zeros(tokens, 3, dtype=b, device=device),
+                txt_ids=torch.zeros(text, 3, dtype=b, device=device),
+                img_ids=torch.zeros(tokens, 3, dtype=b, device=device),
                 joint_attention_kwargs=None, return_dict=False)
 
 
@@ -88,28 +89,28 @@ def test_a_kept_count_is_used_and_a_stale_one_counted_again(tmp_path):
     module.save_config(folder)
     shape = {"height": 128, "width": 128}
     small = _watched(module, _flux_inputs(64, 8, 64, 32, 16, device="cpu"))
-    work, how = denoiser_work(small, "FluxTransformer2DModel", folder, "bfloat16", shape, str(tmp_path / "models"))
+    work, how = denoiser_work(small, "FluxTransformer2DModel", folder, "bfloat16", shape, str(tmp_path), "tiny")
     assert how == "counted" and work.calls_per_image_call == 1
-    kept = list((tmp_path / "models" / "flops").glob("*.json"))
+    kept = list(tmp_path.glob("tiny-flops-*.json"))
     assert len(kept) == 1
 
     unseen = DenoiserWatch(module)  # a denoiser compiled whole: the hook saw nothing, the kept count serves
-    again, how = denoiser_work(unseen, "FluxTransformer2DModel", folder, "bfloat16", shape, str(tmp_path / "models"))
+    again, how = denoiser_work(unseen, "FluxTransformer2DModel", folder, "bfloat16", shape, str(tmp_path), "tiny")
     assert how == "kept" and again.flop_per_call == work.flop_per_call
 
     larger = _watched(module, _flux_inputs(256, 8, 64, 32, 16, device="cpu"))  # other shapes under the same key
-    recount, how = denoiser_work(larger, "FluxTransformer2DModel", folder, "bfloat16", shape, str(tmp_path / "models"))
+    recount, how = denoiser_work(larger, "FluxTransformer2DModel", folder, "bfloat16", shape, str(tmp_path), "tiny")
     assert how == "counted" and recount.flop_per_call > work.flop_per_call
 
     elsewhere, how = denoiser_work(unseen, "FluxTransformer2DModel", folder, "bfloat16", {"height": 64},
-                                   str(tmp_path / "models"))
+                                   str(tmp_path), "tiny")
     assert elsewhere is None and "compile=none" in how
 
     data = json.loads(kept[0].read_text())  # an altered file is not believed
     data["flop_per_call"] = -1
     kept[0].write_text(json.dumps(data))
     assert denoiser_work(larger, "FluxTransformer2DModel", folder, "bfloat16", shape,
-                         str(tmp_path / "models"))[1] == "counted"
+                         str(tmp_path), "tiny")[1] == "counted"
 
 
 @pytest.mark.slow
@@ -133,7 +134,8 @@ def test_the_watch_stays_out_of_a_compiled_graph():
 
 
 def test_card_peaks_by_name_and_dtype():
-    assert card_peak("NVIDIA H100 80GB HBM3", "bfloat16") == (989.4, "NVIDIA H100 SXM5 datasheet (dense; tf32 for float32)")
+    assert card_peak("NVIDIA H100 80GB HBM3", "bfloat16") == (989.4,
+                                                              "NVIDIA H100 SXM5 datasheet (dense; tf32 for float32)")
     assert card_peak("NVIDIA H100 PCIe", "float8")[0] == 1513.0
     assert card_peak("NVIDIA H200", "float8")[0] == 1978.9
     assert card_peak("NVIDIA A100-SXM4-80GB", "float8") == (None, "NVIDIA A100 datasheet (dense; tf32 for float32; "
@@ -160,11 +162,12 @@ def test_the_median_step_leaves_out_each_calls_first():
 
 
 @pytest.mark.slow
-def test_a_run_records_its_work_and_the_sweep_table_shows_it(tmp_path, models_cache):
+def test_a_run_records_its_work_and_the_sweep_table_shows_it(tmp_path):
     from tests.helpers import qco_cli
 
+    models = tmp_path / "models"  # its own store: the first job counts, the second finds the count kept
     result = qco_cli(["-m", "quant=none,nf4", "run.repeats=1", "run.device=cpu", "run.quality=false",
-                      "hydra.sweep.dir=sweep"], tmp_path, models_cache)
+                      "hydra.sweep.dir=sweep"], tmp_path, models)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = read_rows(tmp_path / "sweep")
     assert len(rows) == 2
@@ -177,4 +180,4 @@ def test_a_run_records_its_work_and_the_sweep_table_shows_it(tmp_path, models_ca
     assert {read_record(r.dir / "results.json").peak.flops_from for r in rows} == {"counted", "kept"}
     header = (tmp_path / "sweep" / "sweep.md").read_text().splitlines()
     assert any("tflops" in line and "peak_fraction" in line and "bus_fraction" in line for line in header)
-    assert len(list(Path(models_cache, "flops").glob("*.json"))) >= 1
+    assert len(list(models.glob("tiny_flux-flops-*.json"))) == 1
