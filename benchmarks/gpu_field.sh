@@ -15,7 +15,8 @@
 # two GGUF files (19 GiB) already fill most of a lent machine's 64 GiB disk.
 # Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_field.sh OUT_DIR [PART ...]
 # Rehearse on a CPU: QCO_BENCH_MODEL=tiny_flux QCO_BENCH_DEVICE=cpu bash benchmarks/gpu_field.sh /tmp/x base
-#   PART: base quant lora cache sizes (default: all, in that order); FIELD_REPEATS: timed calls a row (default 3)
+#   PART: base quant lora cache sizes (default: all, in that order); FIELD_REPEATS: timed calls a row (default 3);
+#   FIELD_ROWS="bf16 nf4 ...": only these rows (the others listed as not run)
 set -u
 out=${1:?usage: gpu_field.sh OUT_DIR [PART ...]}; shift
 parts=${*:-base quant lora cache sizes}
@@ -50,6 +51,9 @@ PY
 
 row() {  # row NAME OVERRIDES...: one run, then its line
   local name=$1; shift
+  if [ -n "${FIELD_ROWS:-}" ] && [[ " $FIELD_ROWS " != *" $name "* ]]; then
+    echo "$name | not run: not among FIELD_ROWS | $*" >> "$out/field.txt"; return
+  fi
   if [ "$deadline" -gt 0 ] && [ "$SECONDS" -ge "$deadline" ]; then
     echo "$name | not run: the script's deadline of $deadline s had passed | $*" >> "$out/field.txt"; return
   fi

@@ -4,7 +4,6 @@ hook that sees the inputs stays out of a compiled graph, the table of peaks answ
 run's record and a sweep's tables carry the figures."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
