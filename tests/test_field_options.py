@@ -250,13 +250,15 @@ def test_hotswap_under_compile_swaps_without_recompiling(tmp_path, models_cache)
 @pytest.mark.slow
 def test_a_dynamic_compile_serves_a_sweep_over_sizes_from_one_compile(tmp_path, models_cache):
     """compile=regional_dynamic over two heights: the second size's graphs come from the first's artifacts (the
-    compile store's key leaves the sizes out of a dynamic compile), where a static compile compiles each size."""
+    compile store's key leaves the sizes out of a dynamic compile), where a static compile compiles each size. Each
+    sweep has its own empty inductor cache, so what it compiles is counted, not found from another test's compile."""
     compiled = {}
     for option in ("regional_dynamic", "regional"):
         sweep = tmp_path / option
         result = qco_cli(["-m", f"compile={option}", "run.height=64,96", "run.device=cpu",
                           f"hydra.sweep.dir={sweep}"], tmp_path, models_cache, timeout=900,
-                         QCO_COMPILE_CACHE=str(tmp_path / f"store-{option}"))
+                         QCO_COMPILE_CACHE=str(tmp_path / f"store-{option}"),
+                         TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{option}"))
         assert result.returncode == 0, result.stderr[-3000:]
         records = sorted((json.loads(p.read_text()) for p in sweep.glob("*/results.json")),
                          key=lambda r: r["started_at"])

@@ -152,7 +152,9 @@ class CompileStore:
         return self.record
 
     def save(self) -> CompileCache:
-        """After the calls: count what torch found and compiled, and keep the artifacts where this run compiled."""
+        """After the calls: count what torch found and compiled, and keep the artifacts where this run compiled, or
+        started cold and found its graphs in inductor's own local cache (torch records those artifacts too): the
+        store then holds them whatever that machine-local cache held."""
         now = _counters()
         self.record.graphs_from_cache = now["from_cache"] - self.before.get("from_cache", 0)
         self.record.graphs_compiled = now["compiled"] - self.before.get("compiled", 0)
@@ -161,7 +163,8 @@ class CompileStore:
         spent = {name: seconds - self.seconds_before.get(name, 0.0) for name, seconds in _compile_seconds().items()}
         self.record.phases_s = {name: round(seconds, 2) for name, seconds in
                                 sorted(spent.items(), key=lambda item: -item[1]) if seconds >= 0.05}
-        if not self.enabled or self.folder is None or self.record.graphs_compiled == 0:
+        made = self.record.graphs_compiled > 0 or (self.record.start == "cold" and self.record.graphs_from_cache > 0)
+        if not self.enabled or self.folder is None or not made:
             return self.record
         start = time.perf_counter()
         artifacts = torch.compiler.save_cache_artifacts()
