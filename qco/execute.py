@@ -23,7 +23,15 @@ from qco.measure import (
     stats,
 )
 from qco.oom import out_of_memory
-from qco.peak import DenoiserWatch, card_peak, denoiser_work, matmul_dtype, median_step_s, probe_pinned_bandwidth
+from qco.peak import (
+    DenoiserWatch,
+    card_peak,
+    denoiser_config,
+    denoiser_work,
+    matmul_dtype,
+    median_step_s,
+    probe_pinned_bandwidth,
+)
 from qco.plan import Plan
 from qco.record import (
     CacheSteps,
@@ -126,8 +134,9 @@ def peak_record(cfg: Config, plan: Plan, watch: DenoiserWatch, measured, memory:
     try:
         shape = {"pipeline": cfg.model.pipeline, "height": run.height, "width": run.width, "frames": run.frames,
                  "batch": run.batch, "guidance": run.guidance}
-        work, how = denoiser_work(watch, plan.denoiser_class, Path(plan.load.source) / cfg.model.denoiser,
-                                  run.dtype, shape, cfg.paths.models, cfg.model.name)
+        config = denoiser_config(plan.denoiser_class, str(plan.load.source), cfg.model.denoiser)
+        work, how = denoiser_work(watch, plan.denoiser_class, config, run.dtype, shape, cfg.paths.models,
+                                  cfg.model.name)
     except Exception as error:  # noqa: BLE001 - a model flop_counter cannot run on the meta device
         work, how = None, f"the FLOP count failed ({type(error).__name__}: {str(error)[:200]})"
     if work is None:
@@ -139,12 +148,15 @@ def peak_record(cfg: Config, plan: Plan, watch: DenoiserWatch, measured, memory:
             flop_per_step = work.flop_per_call * result.denoiser_calls_per_step
             result.achieved_tflops = flop_per_step / result.step_s / 1e12
     result.peak_tflops, source = card_peak(plan.target.name if plan.target.is_cuda else None, result.matmul_dtype)
+    gpus = plan.parallel.world_size  # one image split over several GPUs: their peaks together
     if result.peak_tflops is None:
         notes.append(source)
     else:
         result.peak_source = source
         if result.achieved_tflops is not None:
-            result.peak_fraction = result.achieved_tflops / result.peak_tflops
+            result.peak_fraction = result.achieved_tflops / (result.peak_tflops * gpus)
+            if gpus > 1:
+                notes.append(f"one image on {gpus} GPUs: peak_fraction is of their {gpus} peaks together")
     to_gpu = memory.transfers.to_gpu if memory.transfers else None
     if to_gpu is not None and to_gpu.gib_per_call > 0:
         try:

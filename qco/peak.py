@@ -123,7 +123,7 @@ def _meta(value) -> Any:
     return value
 
 
-def count_flops(denoiser_class: str, config_dir: Path, dtype: str, inputs: Dict[str, Any]) -> float:
+def count_flops(denoiser_class: str, config: Dict[str, Any], dtype: str, inputs: Dict[str, Any]) -> float:
     """FLOPs of one call of the denoiser with inputs of these shapes, by torch.utils.flop_counter, on the meta
     device: the architecture's work, whatever the run's weights are stored in."""
     import torch
@@ -133,7 +133,7 @@ def count_flops(denoiser_class: str, config_dir: Path, dtype: str, inputs: Dict[
 
     cls = component_class(denoiser_class)
     with torch.device("meta"):
-        module = cls.from_config(cls.load_config(config_dir)).to(getattr(torch, dtype))
+        module = cls.from_config(config).to(getattr(torch, dtype))
     kwargs = _meta(inputs["kwargs"])
     for name in ("joint_attention_kwargs", "attention_kwargs"):  # a LoRA's scale: no layer of the bare model reads it
         kwargs.pop(name, None)
@@ -151,15 +151,23 @@ class Work:
     inputs: Dict[str, Any]
 
 
-def denoiser_work(watch: Optional[DenoiserWatch], denoiser_class: str, config_dir: Path, dtype: str,
+def denoiser_config(denoiser_class: str, source: str, subfolder: str) -> Dict[str, Any]:
+    """The denoiser's config as diffusers reads it, from a model folder or a hub id (its local cache)."""
+    from qco.models.build import component_class
+
+    return dict(component_class(denoiser_class).load_config(source, subfolder=subfolder))
+
+
+def denoiser_work(watch: Optional[DenoiserWatch], denoiser_class: str, config: Dict[str, Any], dtype: str,
                   shape_key: Dict[str, Any], models_cache: str, model: str) -> Tuple[Optional[Work], str]:
     """The denoiser's work, counted now from what the watch saw, or kept from a run of the same model and size;
     (None, why) where neither is there. A count kept for other shapes than the watch saw is counted again. Kept as
     a file beside the model's folder in the models store, <model>-flops-<key>.json."""
     from qco.files import write_json_atomic
 
-    config = (config_dir / "config.json").read_bytes()
-    key = {"denoiser": denoiser_class, "config": hashlib.sha256(config).hexdigest(), "dtype": dtype, **shape_key}
+    architecture = json.dumps(config, sort_keys=True, default=str).encode()
+    key = {"denoiser": denoiser_class, "config": hashlib.sha256(architecture).hexdigest(), "dtype": dtype,
+           **shape_key}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = Path(models_cache).expanduser() / f"{model}-flops-{digest}.json"
     kept = _read_kept(path, key)
@@ -170,7 +178,7 @@ def denoiser_work(watch: Optional[DenoiserWatch], denoiser_class: str, config_di
         return None, ("the denoiser's inputs were not seen (it is compiled whole, so no hook sees its calls) and no "
                       "uncompiled run of this model and size has counted its FLOPs yet; run it once with "
                       "compile=none or compile=regional")
-    work = Work(flop_per_call=count_flops(denoiser_class, config_dir, dtype, seen),
+    work = Work(flop_per_call=count_flops(denoiser_class, config, dtype, seen),
                 calls_per_image_call=watch.calls, inputs=seen)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from qco.peak import DenoiserWatch, card_peak, count_flops, denoiser_work, matmul_dtype, median_step_s
+from qco.peak import (DenoiserWatch, card_peak, count_flops, denoiser_config, denoiser_work, matmul_dtype,
+                      median_step_s)
 from qco.record import read_record, read_rows
 
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -53,7 +54,8 @@ def test_the_meta_count_is_what_the_real_module_does(tmp_path):
         module(**inputs)
     watch = _watched(module, inputs)
     assert watch.calls == 1 and watch.inputs["kwargs"]["hidden_states"] == {"tensor": [1, 64, 64], "dtype": "bfloat16"}
-    counted = count_flops("FluxTransformer2DModel", tmp_path, "bfloat16", watch.inputs)
+    config = denoiser_config("FluxTransformer2DModel", str(tmp_path), None)
+    counted = count_flops("FluxTransformer2DModel", config, "bfloat16", watch.inputs)
     assert counted == counter.get_total_flops() > 0
 
 
@@ -69,7 +71,8 @@ def test_flux_dev_at_1024_is_its_arithmetic(tmp_path):
     inputs = {"args": [], "kwargs": {k: ({"tensor": list(v.shape), "dtype": str(v.dtype)[6:]}
                                          if isinstance(v, torch.Tensor) else v)
                                      for k, v in _flux_inputs(4096, 512, 64, 4096, 768).items()}}
-    flops = count_flops("FluxTransformer2DModel", tmp_path, "bfloat16", inputs)
+    flops = count_flops("FluxTransformer2DModel", denoiser_config("FluxTransformer2DModel", str(tmp_path), None),
+                        "bfloat16", inputs)
     image, text, width = 4096, 512, 24 * 128
     tokens = image + text
     blocks = 57 * (24 * width**2 * tokens + 4 * tokens**2 * width)
@@ -86,29 +89,30 @@ def test_a_kept_count_is_used_and_a_stale_one_counted_again(tmp_path):
     folder = tmp_path / "transformer"
     module = FluxTransformer2DModel.from_config(config).to(torch.bfloat16)
     module.save_config(folder)
+    config = denoiser_config("FluxTransformer2DModel", str(tmp_path), "transformer")  # as a run reads it
     shape = {"height": 128, "width": 128}
     small = _watched(module, _flux_inputs(64, 8, 64, 32, 16, device="cpu"))
-    work, how = denoiser_work(small, "FluxTransformer2DModel", folder, "bfloat16", shape, str(tmp_path), "tiny")
+    work, how = denoiser_work(small, "FluxTransformer2DModel", config, "bfloat16", shape, str(tmp_path), "tiny")
     assert how == "counted" and work.calls_per_image_call == 1
     kept = list(tmp_path.glob("tiny-flops-*.json"))
     assert len(kept) == 1
 
     unseen = DenoiserWatch(module)  # a denoiser compiled whole: the hook saw nothing, the kept count serves
-    again, how = denoiser_work(unseen, "FluxTransformer2DModel", folder, "bfloat16", shape, str(tmp_path), "tiny")
+    again, how = denoiser_work(unseen, "FluxTransformer2DModel", config, "bfloat16", shape, str(tmp_path), "tiny")
     assert how == "kept" and again.flop_per_call == work.flop_per_call
 
     larger = _watched(module, _flux_inputs(256, 8, 64, 32, 16, device="cpu"))  # other shapes under the same key
-    recount, how = denoiser_work(larger, "FluxTransformer2DModel", folder, "bfloat16", shape, str(tmp_path), "tiny")
+    recount, how = denoiser_work(larger, "FluxTransformer2DModel", config, "bfloat16", shape, str(tmp_path), "tiny")
     assert how == "counted" and recount.flop_per_call > work.flop_per_call
 
-    elsewhere, how = denoiser_work(unseen, "FluxTransformer2DModel", folder, "bfloat16", {"height": 64},
+    elsewhere, how = denoiser_work(unseen, "FluxTransformer2DModel", config, "bfloat16", {"height": 64},
                                    str(tmp_path), "tiny")
     assert elsewhere is None and "compile=none" in how
 
     data = json.loads(kept[0].read_text())  # an altered file is not believed
     data["flop_per_call"] = -1
     kept[0].write_text(json.dumps(data))
-    assert denoiser_work(larger, "FluxTransformer2DModel", folder, "bfloat16", shape,
+    assert denoiser_work(larger, "FluxTransformer2DModel", config, "bfloat16", shape,
                          str(tmp_path), "tiny")[1] == "counted"
 
 
