@@ -247,24 +247,38 @@ def test_hotswap_under_compile_swaps_without_recompiling(tmp_path, models_cache)
 
 # --- sizes under compile ---
 
+def test_a_static_compile_keys_each_size_and_a_dynamic_one_all_sizes(make_cfg):
+    """The compile store's key: one per size and batch for a static compile (each is its own graphs), one for
+    every size and batch under compile=regional_dynamic (the sizes are symbolic in its graphs)."""
+    from qco.stores.compiled import store_folder, store_key
+    from qco.stores.models import resolve_source
+
+    def folder(option, height, batch=1):
+        cfg = make_cfg(f"compile={option}", "run.device=cpu")
+        plan = check_and_plan(cfg)
+        plan.load.source = resolve_source(cfg.model, cfg.paths.models)
+        key = store_key(plan, {"height": height, "width": 64, "frames": None, "batch": batch})
+        return store_folder(cfg.paths.compile_cache, plan, key)
+
+    assert len({folder("regional", 64), folder("regional", 96), folder("regional", 64, batch=2)}) == 3
+    assert len({folder("regional_dynamic", 64), folder("regional_dynamic", 96),
+                folder("regional_dynamic", 64, batch=2)}) == 1
+    assert folder("regional_dynamic", 64) != folder("regional", 64)
+
+
 @pytest.mark.slow
 def test_a_dynamic_compile_serves_a_sweep_over_sizes_from_one_compile(tmp_path, models_cache):
-    """compile=regional_dynamic over two heights: the second size's graphs come from the first's artifacts (the
-    compile store's key leaves the sizes out of a dynamic compile), where a static compile compiles each size. Each
-    sweep has its own empty inductor cache, so what it compiles is counted, not found from another test's compile."""
-    compiled = {}
-    for option in ("regional_dynamic", "regional"):
-        sweep = tmp_path / option
-        result = qco_cli(["-m", f"compile={option}", "run.height=64,96", "run.device=cpu",
-                          f"hydra.sweep.dir={sweep}"], tmp_path, models_cache, timeout=900,
-                         QCO_COMPILE_CACHE=str(tmp_path / f"store-{option}"),
-                         TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{option}"))
-        assert result.returncode == 0, result.stderr[-3000:]
-        records = sorted((json.loads(p.read_text()) for p in sweep.glob("*/results.json")),
-                         key=lambda r: r["started_at"])
-        assert [r["config"]["run"]["height"] for r in records] == [64, 96]
-        compiled[option] = [r["compile_cache"]["graphs_compiled"] for r in records]
-        starts = [r["compile_cache"]["start"] for r in records]
-        assert starts == (["cold", "warm"] if option == "regional_dynamic" else ["cold", "cold"])
-    assert compiled["regional_dynamic"][0] > 0 and compiled["regional_dynamic"][1] == 0
-    assert all(n > 0 for n in compiled["regional"])  # each new size: its own graphs
+    """compile=regional_dynamic over two heights: the first compiles, the second starts warm from its artifacts
+    and compiles nothing. The sweep has its own empty inductor cache, so what it compiles is counted, not found
+    from another test's compile. (A static compile compiles each size: its keys differ, the test above.)"""
+    sweep = tmp_path / "sweep"
+    result = qco_cli(["-m", "compile=regional_dynamic", "run.height=64,96", "run.device=cpu", "run.repeats=1",
+                      "run.quality=false", f"hydra.sweep.dir={sweep}"], tmp_path, models_cache, timeout=900,
+                     QCO_COMPILE_CACHE=str(tmp_path / "store"), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = sorted((json.loads(p.read_text()) for p in sweep.glob("*/results.json")), key=lambda r: r["started_at"])
+    assert [r["config"]["run"]["height"] for r in records] == [64, 96]
+    caches = [r["compile_cache"] for r in records]
+    assert [c["start"] for c in caches] == ["cold", "warm"] and caches[0]["folder"] == caches[1]["folder"]
+    assert caches[0]["graphs_compiled"] > 0 and caches[1]["graphs_compiled"] == 0
+    assert caches[1]["graphs_from_cache"] == caches[0]["graphs_compiled"]

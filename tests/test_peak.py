@@ -164,23 +164,24 @@ def test_the_median_step_leaves_out_each_calls_first():
     assert median_step_s([[9.0]]) is None
 
 
-@pytest.mark.slow
-def test_a_run_records_its_work_and_the_sweep_table_shows_it(tmp_path):
-    from tests.helpers import qco_cli
-
-    models = tmp_path / "models"  # its own store: the first job counts, the second finds the count kept
-    result = qco_cli(["-m", "quant=none,nf4", "run.repeats=1", "run.device=cpu", "run.quality=false",
-                      "hydra.sweep.dir=sweep"], tmp_path, models)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = read_rows(tmp_path / "sweep")
-    assert len(rows) == 2
-    for row in rows:
+def test_a_run_records_its_work_and_the_sweep_table_shows_it(small_sweep, models_cache):
+    """The session's small sweep (quant=none,int8 on the CPU): each record holds the denoiser's work, the same for
+    both (the architecture's), its TFLOP/s over the median step, the dtype of its products, and no peak on a CPU;
+    the count is kept beside the model; sweep.md shows the columns."""
+    (sweep,) = (small_sweep / "outputs" / "sweeps").iterdir()
+    rows = {row.quant: row for row in read_rows(sweep)}
+    assert set(rows) == {"none", "int8"}
+    works = set()
+    for quant, row in rows.items():
         peak = read_record(row.dir / "results.json").peak
         assert peak.denoiser_tflop_per_call > 0 and peak.denoiser_calls_per_step == 1.0
+        assert peak.flops_from in ("counted", "kept")
         assert peak.achieved_tflops == pytest.approx(peak.denoiser_tflop_per_call / peak.step_s)
-        assert row.tflops == peak.achieved_tflops and peak.matmul_dtype == "bfloat16"
+        assert row.tflops == peak.achieved_tflops
+        assert peak.matmul_dtype == {"none": "bfloat16", "int8": "int8"}[quant]
         assert peak.peak_fraction is None and "no GPU" in peak.note  # a CPU has no peak in the table
-    assert {read_record(r.dir / "results.json").peak.flops_from for r in rows} == {"counted", "kept"}
-    header = (tmp_path / "sweep" / "sweep.md").read_text().splitlines()
+        works.add(peak.denoiser_tflop_per_call)
+    assert len(works) == 1
+    header = (sweep / "sweep.md").read_text().splitlines()
     assert any("tflops" in line and "peak_fraction" in line and "bus_fraction" in line for line in header)
-    assert len(list(models.glob("tiny_flux-flops-*.json"))) == 1
+    assert list(models_cache.glob("tiny_flux-flops-*.json"))
