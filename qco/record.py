@@ -207,7 +207,7 @@ class Peak:
     matmul_dtype: Optional[str] = None
     peak_tflops: Optional[float] = None  # the card's dense peak for matmul_dtype
     peak_source: Optional[str] = None
-    peak_fraction: Optional[float] = None  # achieved_tflops / peak_tflops
+    peak_fraction: Optional[float] = None  # achieved_tflops / peak_tflops (times the GPUs that made one image)
     bus_probe_gib_s: Optional[float] = None  # pinned host-to-GPU copy, best of three, on this machine
     bus_moved_gib_per_call: Optional[float] = None  # host to GPU in the profiled call
     bus_copy_gib_s: Optional[float] = None  # those copies' speed (their bytes over the copy engine's time)
