@@ -12,6 +12,7 @@ its inputs, finds them there once an uncompiled run of the same model and size h
 import hashlib
 import json
 import logging
+import stat
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,8 +190,17 @@ def denoiser_work(watch: Optional[DenoiserWatch], denoiser_class: str, config: D
     return work, "counted"
 
 
+KEPT_MAX_BYTES = 2**20  # a kept count is a few kB (the inputs' shapes); anything larger was not written by qco
+
+
 def _read_kept(path: Path, key: Dict[str, Any]) -> Optional[Work]:
+    """The kept count, or None where there is none or it is not believed: another key, figures that are not
+    positive, or not a regular file of qco's size (a link is not followed; a FIFO planted there would block the
+    run). None means counted again, and the write then replaces whatever stood there."""
     try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > KEPT_MAX_BYTES:
+            return None
         data = json.loads(path.read_text())
         if data["key"] != json.loads(json.dumps(key, default=str)):
             return None

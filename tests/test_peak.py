@@ -4,6 +4,7 @@ hook that sees the inputs stays out of a compiled graph, the table of peaks answ
 run's record and a sweep's tables carry the figures."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -108,6 +109,20 @@ def test_a_kept_count_is_used_and_a_stale_one_counted_again(tmp_path):
     elsewhere, how = denoiser_work(unseen, "FluxTransformer2DModel", config, "bfloat16", {"height": 64},
                                    str(tmp_path), "tiny")
     assert elsewhere is None and "compile=none" in how
+
+    kept[0].unlink()  # a FIFO or a link planted in its place is neither read (a FIFO would block) nor followed
+    os.mkfifo(kept[0])
+    assert denoiser_work(larger, "FluxTransformer2DModel", config, "bfloat16", shape, str(tmp_path),
+                         "tiny")[1] == "counted"
+    assert kept[0].is_file() and not kept[0].is_symlink()  # the count written in its place
+    elsewhere_file = tmp_path / "elsewhere.json"  # a link to a file outside: its target is never written
+    elsewhere_file.write_text(kept[0].read_text())
+    kept[0].unlink()
+    kept[0].symlink_to(elsewhere_file)
+    assert denoiser_work(larger, "FluxTransformer2DModel", config, "bfloat16", shape, str(tmp_path),
+                         "tiny")[1] == "counted"
+    elsewhere_file.write_text("outside")
+    assert not kept[0].is_symlink() and kept[0].read_text() != "outside"
 
     data = json.loads(kept[0].read_text())  # an altered file is not believed
     data["flop_per_call"] = -1
