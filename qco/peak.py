@@ -3,7 +3,7 @@ the dtype that does its matrix products, and, where weights cross the bus every 
 the pinned host-to-GPU bandwidth a short probe measures on the same machine.
 
 The FLOPs of one denoiser call are counted by torch's own torch.utils.flop_counter, on the meta device (the
-model built from its config, no weights, no GPU: a 12B Flux in about 2 s of CPU), with inputs of the shapes the
+model built from its config, no weights, no GPU: a 12B Flux in 2.5 s of CPU), with inputs of the shapes the
 run's denoiser was called with (DenoiserWatch sees them in an uncompiled call). They depend on the architecture
 and the shapes alone, so they are counted once and kept beside the model (paths.models/<model>-flops-<key>.json,
 keyed by the denoiser's config and the run's size); a run whose denoiser is compiled whole, where no hook sees
