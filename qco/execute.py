@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from qco.compose import compose_pipeline
 from qco.config import Config
 from qco.files import save_image_atomic, save_video_atomic
-from qco.groups.compile import compile_settings
+from qco.groups.compile import compile_settings, exported_denoiser
 from qco.groups.model import load_refusal
 from qco.groups.run import call_kwargs
 from qco.measure import (
@@ -83,7 +83,7 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
     run = cfg.run
     kwargs = call_kwargs(run)
     compiled = open_store(plan, {"height": run.height, "width": run.width, "frames": run.frames, "batch": run.batch},
-                          cfg.paths.compile_cache)
+                          cfg.paths.compile_cache, exported_denoiser(pipe, plan.compile))
     if compiled is not None:
         compiled.load()  # before the first call: a warm start where this key was compiled before
     device.reset()

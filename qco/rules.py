@@ -36,6 +36,18 @@ def _compiling(plan: Plan) -> bool:
     return plan.compile.method is not None
 
 
+def _exporting(plan: Plan) -> bool:
+    return plan.compile.method == "aoti"
+
+
+def _hooked(plan: Plan) -> List[str]:
+    """What in the plan works through hooks on the denoiser's blocks and layers."""
+    return [name for name, on in (
+        (f"offload={plan.place.method}", _offloading(plan)), (f"a step cache ({plan.cache.method})", plan.cache.method),
+        ("quant=layerwise_casting", plan.load.quant_backend == "layerwise_casting"),
+        (f"parallel={plan.parallel.method}", _parallel(plan))) if on]
+
+
 def _missing_quant_components(plan: Plan) -> str:
     missing = [c for c in plan.load.quant_components if c not in plan.components]
     return f"quant.components={list(plan.load.quant_components)}: the model has no {', '.join(missing)}; " \
@@ -317,6 +329,38 @@ RULES: List[Rule] = [
          evidence="compile_repeated_blocks compiles the classes listed in the denoiser's _repeated_blocks, "
                   "and this denoiser class lists none",
          fix="compile=default or compile=max_autotune (whole-module compile)"),
+    Rule("aoti_runs_no_hooks_inside",
+         when=lambda p: _exporting(p) and bool(_hooked(p)),
+         detail=lambda p: f"compile=aoti with {', '.join(_hooked(p))}",
+         reason="the package runs the whole denoiser as one program, so hooks on its blocks and layers never run",
+         evidence="cache=first_block compile=aoti ran every step in the package while the cache's own state "
+                  "counted 0 of 2 steps computed; quant=layerwise_fp8 and offload=group_block stopped torch.export "
+                  "(RuntimeError: _apply(): Couldn't swap Linear.weight; tiny Flux, CPU, torch 2.13, diffusers "
+                  "0.42.1); model offload would move the weights the package holds as its constants",
+         fix="compile=regional (its compiled blocks run inside the hooks), or compile=aoti without them"),
+    Rule("aoti_cuda_graphs_need_cuda",
+         when=lambda p: _exporting(p) and p.compile.cuda_graphs and not p.target.is_cuda,
+         reason="compile.cuda_graphs replays the package's call from a CUDA graph, and a CPU has none",
+         evidence="torch.cuda.Stream and torch.cuda.CUDAGraph on a machine without CUDA: RuntimeError: "
+                  "torch.cuda.Stream requires CUDA support (torch 2.13, CPU)",
+         fix="compile=aoti (without CUDA graphs) on a CPU, or run.device=cuda"),
+    Rule("aoti_packed_weights",
+         when=lambda p: _exporting(p) and (_bitsandbytes(p) or p.load.quant_backend == "gguf"),
+         detail=lambda p: f"compile=aoti with quant.backend={p.load.quant_backend}",
+         reason="torch.export cannot trace these quantized layers, whose weights carry their state beside the tensor",
+         evidence="torch.export of the denoiser: nf4: RuntimeError: Creating a new Tensor subclass Params4bit but "
+                  "the raw Tensor object is already associated to a python object of type FakeTensor; int8: "
+                  "AttributeError: 'FakeTensor' object has no attribute 'CB'; gguf_q8_0: RuntimeError: a and b must "
+                  "have same reduction dim, but got [256, 64] X [68, 64] (tiny Flux, CPU, torch 2.13, bitsandbytes "
+                  "0.50.2, gguf 0.19); torchao's and SDNQ's weights export",
+         fix="quant=torchao_int8wo, torchao_fp8 or sdnq_int8 with compile=aoti, or compile=regional"),
+    Rule("aoti_swaps_only_by_hotswap",
+         when=lambda p: _exporting(p) and bool(p.lora.swap_to) and not p.lora.hotswap,
+         reason="the package holds the first adapter's tensors as its constants, and unloading it does not reach them",
+         evidence="lora=hotswap lora.hotswap=false compile=aoti: each swap unloaded the adapter and loaded the next "
+                  "into new tensors, which the package, exported once, never reads (0 graphs compiled for either; "
+                  "tiny Flux, CPU); a hotswap copies each adapter into the same tensors",
+         fix="lora.hotswap=true, or compile=regional"),
     # --- adjustments: the combination runs once these change; each is logged ---
     Rule("torchao_quantizes_after_fusion",
          when=lambda p: _fusing_quantized(p, "torchao"),

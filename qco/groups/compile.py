@@ -1,15 +1,21 @@
 """compile: torch.compile of the denoiser, whole (module.compile) or its repeated blocks
-(compile_repeated_blocks), with the torch._dynamo and torch._inductor settings the presets and the published
+(compile_repeated_blocks), or exported whole and compiled ahead of time into one package (torch.export and
+AOTInductor: ExportedDenoiser), with the torch._dynamo and torch._inductor settings the presets and the published
 recipes use. Those two tables are closed: DynamoFlags and InductorFlags name every setting qco passes on,
 since torch's config.patch takes any key (cpp.cxx names the compiler inductor runs, trace.debug_dir a folder
 it writes)."""
 
 import contextlib
 import logging
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from qco.choice import Choice
+from qco.errors import QcoError
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +23,14 @@ log = logging.getLogger(__name__)
 class CompileMethod(Choice):
     full = "full"  # module.compile
     regional = "regional"  # compile_repeated_blocks
+    aoti = "aoti"  # torch.export + AOTInductor: one package, which a warm start loads without compiling
+
+
+# an AOTInductor package holds kernels and the code that launches them, no CUDA graphs: the modes that add them
+AOTI_MODES = (None, "default", "max-autotune-no-cudagraphs")
+# the package is built without the weights: the module's own tensors are its constants (load_constants), so the
+# store keeps megabytes of kernels, not a second copy of the model, and a LoRA fused in place is what it computes
+AOTI_CONSTANTS = {"aot_inductor.package_constants_in_so": False}
 
 
 # compile.mode stays a string: torch's modes hold hyphens (max-autotune), which an enum member's name cannot,
@@ -72,6 +86,9 @@ class CompileConfig:
     inductor: InductorFlags = field(default_factory=InductorFlags)  # torch._inductor.config while it runs
     # keep the compiled artifacts (paths.compile_cache) and start warm from them; false: every cache off, a cold start
     cache: bool = True
+    # method aoti only: the package's call captured once in a CUDA graph (at the second step) and replayed at every
+    # step after, so no kernel is launched from the host (torch.compile's modes with CUDA graphs do this themselves)
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -85,6 +102,7 @@ class CompileStep:
     dynamo_with_offload: Dict[str, Any] = field(default_factory=dict)
     inductor: Dict[str, Any] = field(default_factory=dict)  # the InductorFlags set
     cache: bool = True  # the compile store (qco/stores/compiled.py); False: every cache off, a cold start
+    cuda_graphs: bool = False  # aoti: the package's call replayed from a CUDA graph
 
 
 def set_flags(flags) -> Dict[str, Any]:
@@ -103,12 +121,16 @@ def plan_compile(comp: CompileConfig, denoiser: str) -> CompileStep:
     if not comp.cache:  # a cold start, measured as one: inductor's own on-disk caches are off too
         inductor["force_disable_caches"] = True
     step.mode = comp.mode
-    step.kwargs = {**_mode_or_options(comp.mode, inductor), "fullgraph": comp.fullgraph, "dynamic": comp.dynamic}
+    if comp.method == "aoti":  # one graph of the whole module, for the first call's shapes (check_compile)
+        step.kwargs = {"inductor_configs": aoti_configs(comp.mode, inductor)}
+    else:
+        step.kwargs = {**_mode_or_options(comp.mode, inductor), "fullgraph": comp.fullgraph, "dynamic": comp.dynamic}
     step.channels_last = comp.channels_last
     step.dynamo = set_flags(comp.dynamo)
     step.dynamo_with_offload = set_flags(comp.dynamo_with_offload)
     step.inductor = inductor
     step.cache = comp.cache
+    step.cuda_graphs = comp.cuda_graphs
     return step
 
 
@@ -124,9 +146,24 @@ def _mode_or_options(mode: str, inductor: Dict[str, Any]) -> Dict[str, Any]:
     return {"options": {**flags, **{name: inductor[name] for name in flags if name in inductor}}}
 
 
+def aoti_configs(mode: Optional[str], inductor: Dict[str, Any]) -> Dict[str, Any]:
+    """AOTInductor's settings: the mode's flags (as torch.compile would set them), compile.inductor's over them."""
+    from torch._inductor import list_mode_options
+
+    flags = list_mode_options(mode) if mode else {}
+    return {**flags, **{name: inductor[name] for name in flags if name in inductor}, **AOTI_CONSTANTS}
+
+
 def describe_compile(step: CompileStep) -> List[str]:
     if step.method is None:
         return []
+    if step.method == "aoti":
+        configs = ", ".join(f"{k}={v}" for k, v in step.kwargs["inductor_configs"].items())
+        return [f"compile  torch.export.export(pipe.{step.component}, <the first call's inputs>); "
+                f"aoti_compile_and_package(inductor_configs={{{configs}}}); aoti_load_package; "
+                f"load_constants(pipe.{step.component}.state_dict(), user_managed=True)"
+                + ("; its call captured in a torch.cuda.CUDAGraph at the second step, replayed after"
+                   if step.cuda_graphs else "")]
     call = "compile" if step.method == "full" else "compile_repeated_blocks"
     lines = [f"compile  pipe.{step.component}.to(memory_format=torch.channels_last)"] if step.channels_last else []
     settings = {**step.dynamo, **{f"inductor.{k}": v for k, v in step.inductor.items()}}
@@ -144,10 +181,132 @@ def compile_denoiser(pipe, step: CompileStep) -> None:
     if step.channels_last:
         module.to(memory_format=torch.channels_last)
     log.info("Compiling %s (%s): %s", step.component, step.method, step.kwargs)
-    if step.method == "full":
+    if step.method == "aoti":
+        # an attribute, not a submodule: the module's state_dict stays its own
+        module.forward = ExportedDenoiser(module, step.kwargs["inductor_configs"], step.cuda_graphs)
+    elif step.method == "full":
         module.compile(**step.kwargs)
     else:
         module.compile_repeated_blocks(**step.kwargs)
+
+
+def exported_denoiser(pipe, step: CompileStep) -> Optional["ExportedDenoiser"]:
+    """The ExportedDenoiser compile_denoiser put in place of the denoiser's forward; None for other methods."""
+    forward = getattr(getattr(pipe, step.component), "forward", None) if step.method == "aoti" else None
+    return forward if isinstance(forward, ExportedDenoiser) else None
+
+
+def _shapes(args, kwargs) -> Dict[str, Any]:
+    """Each tensor input's shape and dtype, and every other input's value: what the package is specialised to."""
+    inputs = {**{f"args[{i}]": a for i, a in enumerate(args)}, **kwargs}
+    return {name: (tuple(value.shape), str(value.dtype)) if hasattr(value, "shape") else repr(value)
+            for name, value in inputs.items()}
+
+
+def _constants(module, names: List[str]) -> Dict[str, Any]:
+    """The module's tensors by the names the package gives its constants. torch.export takes a quantized weight
+    (torchao's tensor subclasses) apart into plain tensors, named <module>.parametrizations.<weight>.original<i>:
+    those are the weight's own inner tensors, taken apart the same way (torch's UnwrapTensorSubclass)."""
+    from torch._functorch._aot_autograd.subclass_parametrization import UnwrapTensorSubclass
+
+    state, constants = module.state_dict(), {}
+    for name in names:
+        owner, split, rest = name.rpartition(".parametrizations.")
+        weight, _, index = rest.rpartition(".original")
+        if name in state:
+            constants[name] = state[name]
+        elif split and index.isdigit() and f"{owner}.{weight}" in state:
+            constants[name] = UnwrapTensorSubclass().right_inverse(state[f"{owner}.{weight}"])[int(index)]
+        else:  # another module's package: the store's key should make this impossible
+            raise ValueError(f"the package's constant {name} is not in {type(module).__name__}")
+    return constants
+
+
+class ExportedDenoiser:
+    """The denoiser's forward as an AOTInductor package. At the first call, where the compile store had none
+    (use), the module is exported with that call's inputs (torch.export, non-strict: diffusers' forwards branch on
+    Python values) and compiled ahead of time into a package in a folder of its own (kept by the store after the
+    calls). Its constants are the module's own tensors, not copies (load_constants with user_managed=True). The
+    module object stays: the pipeline reads its config, dtype and device, and hooks on it still run; hooks on its
+    submodules do not, since the package runs the whole forward as one program (qco/rules.py).
+
+    With cuda_graphs, the second call is captured in a CUDA graph on static copies of its inputs, and every call
+    after copies its inputs into them and replays it (the first call, run before, is the warm-up a capture needs)."""
+
+    def __init__(self, module, configs: Dict[str, Any], cuda_graphs: bool = False):
+        self.module, self.configs, self.cuda_graphs = module, configs, cuda_graphs
+        self.runner = None
+        self.graph = None  # (torch.cuda.CUDAGraph, the static inputs by name, the static outputs)
+        self.shapes: Optional[Dict[str, Any]] = None
+        self.package: Optional[Path] = None  # the package this run made, for the store to keep
+        self.folder = Path(tempfile.mkdtemp(prefix="qco-aoti-"))
+        weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+
+    def use(self, package: Path) -> None:
+        """A kept package in place of compiling (the compile store's warm start)."""
+        from torch._inductor import aoti_load_package
+
+        self._attach(aoti_load_package(str(package), run_single_threaded=self.cuda_graphs))
+
+    def _attach(self, runner) -> None:
+        constants = _constants(self.module, runner.get_constant_fqns())
+        runner.load_constants(constants, check_full_update=True, user_managed=True)
+        self.runner = runner
+
+    def __call__(self, *args, **kwargs):
+        shapes = _shapes(args, kwargs)
+        if self.runner is None:
+            self._export(args, kwargs)
+        if self.shapes is None:  # exported here, or loaded from the store, whose key holds the run's size
+            self.shapes = shapes
+        elif shapes != self.shapes:
+            changed = next(name for name in shapes if shapes[name] != self.shapes.get(name))
+            raise QcoError(f"compile=aoti: the denoiser's package was exported for {changed}={self.shapes.get(changed)}"
+                           f" and this call passes {shapes[changed]}; fix: one size and batch per run, or "
+                           "compile=regional_dynamic for sizes that change")
+        elif self.cuda_graphs:
+            return self._replay(args, kwargs)
+        return self.runner(*args, **kwargs)
+
+    def _replay(self, args, kwargs):
+        import torch
+        from torch.utils._pytree import tree_map
+
+        inputs = {**{f"args[{i}]": a for i, a in enumerate(args)}, **kwargs}
+        if self.graph is None:
+            static = {name: v.clone() if torch.is_tensor(v) else v for name, v in inputs.items()}
+            static_args = [static[f"args[{i}]"] for i in range(len(args))]
+            static_kwargs = {name: static[name] for name in kwargs}
+            side = torch.cuda.Stream()  # a warm-up call on a side stream before capturing, as torch's docs ask
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.runner(*static_args, **static_kwargs)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = self.runner(*static_args, **static_kwargs)
+            self.graph = (graph, static, outputs)
+        graph, static, outputs = self.graph
+        for name, value in inputs.items():
+            if torch.is_tensor(value):
+                static[name].copy_(value)
+        graph.replay()
+        # copies: the next replay writes the same buffers, and the pipeline may still hold this step's output
+        return tree_map(lambda t: t.clone() if torch.is_tensor(t) else t, outputs)
+
+    def _export(self, args, kwargs) -> None:
+        import torch
+        from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+        del self.module.forward  # the class's forward again while exporting, not this object
+        try:
+            program = torch.export.export(self.module, args, kwargs, strict=False)
+        finally:
+            self.module.forward = self
+        path = aoti_compile_and_package(program, package_path=str(self.folder / "denoiser.pt2"),
+                                        inductor_configs=self.configs)
+        self.package = Path(path)
+        self._attach(aoti_load_package(path, run_single_threaded=self.cuda_graphs))
 
 
 @contextlib.contextmanager
@@ -170,6 +329,17 @@ def compile_settings(dynamo: dict, inductor: dict):
 
 def check_compile(comp: CompileConfig) -> List[str]:
     problems = []
+    if comp.method == "aoti" and comp.mode not in AOTI_MODES:
+        problems.append(f"compile.mode={comp.mode} with compile.method=aoti: an AOTInductor package holds no CUDA "
+                        "graphs; allowed are null, default, max-autotune-no-cudagraphs; fix: "
+                        "compile.mode=max-autotune-no-cudagraphs")
+    if comp.method == "aoti" and comp.dynamic:
+        problems.append("compile.dynamic=true with compile.method=aoti: the package is exported for the first "
+                        "call's size and batch; fix: compile=regional_dynamic, or compile.dynamic=null")
+    if comp.cuda_graphs and comp.method != "aoti":
+        problems.append(f"compile.cuda_graphs=true with compile.method={comp.method}: it replays an AOTInductor "
+                        "package's call (torch.compile captures CUDA graphs itself in the modes reduce-overhead and "
+                        "max-autotune); fix: compile=aoti_cuda_graphs, or compile.mode=reduce-overhead")
     if comp.mode not in COMPILE_MODES:
         shown = ", ".join("null" if a is None else a for a in COMPILE_MODES)
         problems.append(f"compile.mode={comp.mode}: allowed are {shown}; fix: choose one of them")

@@ -4,6 +4,8 @@ graphs, autotuning results) are kept under paths.compile_cache, in a folder name
 depend on: the model's architecture, what is applied to it, shapes and dtype, the libraries' versions and the
 device. The next run of the same key loads them (torch.compiler.load_cache_artifacts) before its first call, so
 torch finds its graphs in its own caches instead of compiling them. Nothing here holds compiled code of its own.
+compile=aoti keeps its AOTInductor package instead (denoiser.pt2, kernels without weights), which the next run
+loads in place of exporting and compiling (ExportedDenoiser.use).
 
 A changed key is another folder, never a stale load. A folder that was cut short or altered since it was written
 (its checksum, qco/files.py damage) or that torch cannot load is removed with a warning and written
@@ -38,6 +40,7 @@ from qco.stores.quantized import source_folder
 log = logging.getLogger(__name__)
 
 ARTIFACTS = "artifacts.bin"
+PACKAGE = "denoiser.pt2"  # compile=aoti's
 LIBRARIES = ("torch", "triton", "diffusers", "transformers", "bitsandbytes", "torchao")
 
 
@@ -80,6 +83,8 @@ def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
         # scales too, so which adapter it is (seed, file) is not part of the key, its rank and weight are
         "lora": {"ranks": [a.get("file_rank") or a["rank"] for a in plan.lora.adapters], "fuse": plan.lora.fuse,
                  "hotswap": plan.lora.hotswap, "targets": plan.lora.targets if plan.lora.adapters else [],
+                 # an AOTInductor package names its constants, the adapters' layers among them, by adapter name
+                 "names": [a["name"] for a in plan.lora.adapters] if plan.compile.method == "aoti" else None,
                  "weights": None if plan.lora.hotswap else [a["weight"] * plan.lora.scale
                                                             for a in plan.lora.adapters]},
         # each rank of a split image compiles for its share of the tokens (qco/ranks.py)
@@ -121,8 +126,10 @@ def _compile_seconds() -> Dict[str, float]:
 class CompileStore:
     """Load before the first call, save after the calls, and say what happened (a CompileCache)."""
 
-    def __init__(self, folder: Optional[Path], key: Optional[dict], enabled: bool):
+    def __init__(self, folder: Optional[Path], key: Optional[dict], enabled: bool, exported=None):
         self.folder, self.key, self.enabled = folder, key, enabled
+        self.exported = exported  # compile=aoti's ExportedDenoiser: the package is kept instead of torch's caches
+        self.file = PACKAGE if exported is not None else ARTIFACTS
         self.record = CompileCache(start="cold", folder=str(folder) if folder and enabled else None)
         self.before: Dict[str, int] = {}
         self.seconds_before: Dict[str, float] = {}
@@ -137,7 +144,10 @@ class CompileStore:
             problem = damage(self.folder) if self.folder.is_dir() else "gone"
             if problem is None:
                 try:
-                    torch.compiler.load_cache_artifacts((self.folder / ARTIFACTS).read_bytes())
+                    if self.exported is not None:
+                        self.exported.use(self.folder / PACKAGE)
+                    else:
+                        torch.compiler.load_cache_artifacts((self.folder / ARTIFACTS).read_bytes())
                 except Exception as error:  # noqa: BLE001 - torch's own format errors: a cold start, not a crash
                     problem = f"torch could not load them ({type(error).__name__}: {str(error)[:200]})"
             if problem is not None:
@@ -147,7 +157,7 @@ class CompileStore:
                 self.record.error = problem
                 return self.record
         self.record.start, self.record.load_s = "warm", time.perf_counter() - start
-        self.record.bytes = (self.folder / ARTIFACTS).stat().st_size
+        self.record.bytes = (self.folder / self.file).stat().st_size
         log.info("Loaded the compiled artifacts kept in %s (%.1f s): a warm start", self.folder, self.record.load_s)
         return self.record
 
@@ -163,21 +173,26 @@ class CompileStore:
         spent = {name: seconds - self.seconds_before.get(name, 0.0) for name, seconds in _compile_seconds().items()}
         self.record.phases_s = {name: round(seconds, 2) for name, seconds in
                                 sorted(spent.items(), key=lambda item: -item[1]) if seconds >= 0.05}
+        if self.exported is not None:  # one graph, exported whole: made here or loaded, never from torch's caches
+            self.record.graphs = self.record.graphs_compiled = int(self.exported.package is not None)
         made = self.record.graphs_compiled > 0 or (self.record.start == "cold" and self.record.graphs_from_cache > 0)
         if not self.enabled or self.folder is None or not made:
             return self.record
         start = time.perf_counter()
-        artifacts = torch.compiler.save_cache_artifacts()
-        if artifacts is None:
-            return self.record
-        data = artifacts[0]
-        digest = hashlib.sha256(data).hexdigest()
+        if self.exported is not None:
+            data = self.exported.package.read_bytes()
+        else:
+            artifacts = torch.compiler.save_cache_artifacts()
+            if artifacts is None:
+                return self.record
+            data = artifacts[0]
+        digest, name = hashlib.sha256(data).hexdigest(), self.file
 
         def fill(staging: Path) -> None:
-            (staging / ARTIFACTS).write_bytes(data)
-            files = {ARTIFACTS: {"bytes": len(data), "sha256": digest}}
+            (staging / name).write_bytes(data)
+            files = {name: {"bytes": len(data), "sha256": digest}}
             (staging / FILES_MARKER).write_text(json.dumps({"key": self.key, "files": files}, indent=1, default=str))
-            (staging / VERIFIED).write_text(json.dumps({ARTIFACTS: fingerprint(staging / ARTIFACTS)}))
+            (staging / VERIFIED).write_text(json.dumps({name: fingerprint(staging / name)}))
 
         try:
             with folder_lock(self.folder):
@@ -185,7 +200,7 @@ class CompileStore:
                     shutil.rmtree(self.folder, ignore_errors=True)
                 # where another job of the sweep kept the same key first, theirs stays (write_folder_atomic)
                 write_folder_atomic(self.folder, fill, finished=lambda kept: (kept / FILES_MARKER).is_file())
-                kept = json.loads((self.folder / FILES_MARKER).read_text())["files"][ARTIFACTS]["sha256"]
+                kept = json.loads((self.folder / FILES_MARKER).read_text())["files"][name]["sha256"]
         except OSError as error:
             log.warning("The compiled artifacts were not kept (%s: %s): the next run compiles again; fix: point "
                         "paths.compile_cache (or QCO_COMPILE_CACHE) at a writable folder", error.strerror,
@@ -201,12 +216,13 @@ class CompileStore:
         return self.record
 
 
-def open_store(plan: Plan, call: Dict[str, object], root: str) -> Optional[CompileStore]:
-    """The store for this run's compiled denoiser; None where nothing is compiled."""
+def open_store(plan: Plan, call: Dict[str, object], root: str, exported=None) -> Optional[CompileStore]:
+    """The store for this run's compiled denoiser; None where nothing is compiled. `exported`: compile=aoti's
+    ExportedDenoiser, whose package the store keeps."""
     if plan.compile.method is None:
         return None
     enabled = plan.compile.cache
     key = store_key(plan, call) if enabled else None
     if enabled and key is None:
         log.info("No compile store for %s: its model files cannot be identified", plan.model)
-    return CompileStore(store_folder(root, plan, key) if key else None, key, enabled and key is not None)
+    return CompileStore(store_folder(root, plan, key) if key else None, key, enabled and key is not None, exported)
