@@ -9,6 +9,10 @@
 #   lora    nf4 and torchao fp8 with one random rank-16 adapter unfused and fused, and hotswapped under a regional
 #           compile (two swaps, graphs compiled counted)
 #   sizes   a compiled sweep over three heights, static (compile=regional) and dynamic (compile=regional_dynamic)
+#   limit   issue 24's levers, each beside the one before it: bf16 eager (base's row) and exported ahead of time
+#           (compile=aoti); the fastest preset with the quick regional compile, then exported (aoti), then its call
+#           replayed from a CUDA graph (aoti_cuda_graphs); each compiled row run twice, the second a new process
+#           that starts from the compile store (its first call is the warm start); nf4 + max_autotune likewise
 # A row prints one line to OUT/field.txt as it ends, so a session cut short keeps what ran; with FIELD_DEADLINE=S a
 # row that would start after S seconds of the script is listed as not run instead (a lease's time limit).
 # bitsandbytes and torchao rows on the GPU quantize at load and keep nothing (quant.store=false): the model (34 GiB)
@@ -16,11 +20,11 @@
 # copy: offloaded, it quantizes on the CPU (over 100 s for the 12B transformer on an H100 host), once.
 # Usage, from the repository root on a GPU machine:  bash benchmarks/gpu_field.sh OUT_DIR [PART ...]
 # Rehearse on a CPU: QCO_BENCH_MODEL=tiny_flux QCO_BENCH_DEVICE=cpu bash benchmarks/gpu_field.sh /tmp/x base
-#   PART: base quant lora cache sizes (default: all, in that order); FIELD_REPEATS: timed calls a row (default 3);
+#   PART: base quant lora cache sizes limit (default: all, in that order); FIELD_REPEATS: timed calls a row (default 3);
 #   FIELD_ROWS="bf16 nf4 ...": only these rows (the others listed as not run)
 set -u
 out=${1:?usage: gpu_field.sh OUT_DIR [PART ...]}; shift
-parts=${*:-base quant lora cache sizes}
+parts=${*:-base quant lora cache sizes limit}
 deadline=${FIELD_DEADLINE:-0}
 mkdir -p "$out/runs"
 export QCO_MODEL_CACHE=${QCO_MODEL_CACHE:-/tmp/qco-models} QCO_REFERENCE_CACHE=${QCO_REFERENCE_CACHE:-/tmp/qco-refs}
@@ -87,6 +91,16 @@ for part in $parts; do
                row "size_${compile}_$height" "compile=$compile" "run.height=$height" run.quality=false
              done
            done ;;
+    limit) fastest="experiment=fastest_flux"
+           row bf16_aoti compile=aoti
+           row bf16_aoti_warm compile=aoti
+           row fastest_quick $fastest compile=regional_max_autotune_quick $keep
+           row fastest_quick_warm $fastest compile=regional_max_autotune_quick $keep
+           row fastest_aoti $fastest compile=aoti $keep
+           row fastest_aoti_warm $fastest compile=aoti $keep
+           row fastest_aoti_graphs $fastest compile=aoti_cuda_graphs $keep
+           row nf4_max_autotune quant=nf4 compile=max_autotune $keep
+           row nf4_max_autotune_warm quant=nf4 compile=max_autotune $keep ;;
   esac
 done
 echo "done" >> "$out/field.txt"

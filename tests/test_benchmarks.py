@@ -165,7 +165,8 @@ def test_field_script_rows_compose_and_pass_the_rules_for_an_h200(make_cfg):
     h200 = Target("cuda:0", (9, 0), "NVIDIA H200")
     for overrides in rows:
         overrides = [o.strip('"').replace("$cache", "mag").replace("$compile", "regional_dynamic")
-                     .replace("$height", "768").replace("$keep", "quant.store=false").rstrip(";")
+                     .replace("$height", "768").replace("$keep", "quant.store=false")
+                     .replace("$fastest", "experiment=fastest_flux").rstrip(";")
                      for o in overrides if o != ";;"]
         cfg = make_cfg("model=flux_dev_random", "run.device=cuda", *overrides)
         assert check_values(cfg) + check_names(cfg) == [], overrides
