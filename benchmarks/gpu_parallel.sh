@@ -5,6 +5,9 @@
 #   bf16 + regional compile, and the fastest preset with its quick compile (the preset's speed within 1.2 %, a
 #   37 s first call instead of 4-6 minutes: benchmarks/README.md, "Compile once").
 # Then benchmarks/parallel_scaling.py: each degree's latency over degree 1's, and its image against degree 1's.
+# Last, a sweep of four single-GPU jobs side by side (hydra/launcher=local_gpus: bf16 and nf4, eager and regional
+# compile), and benchmarks/gpus_at_once.py: from the records, which GPU each job had and how many ran at once
+# (QCO_AT_ONCE=0 leaves it out).
 # Usage, from the repository root:  bash benchmarks/gpu_parallel.sh OUT_DIR [DEGREES]   (e.g. 1,2,4)
 set -u
 out=${1:?usage: gpu_parallel.sh OUT_DIR [DEGREES]}
@@ -28,5 +31,16 @@ for setting in "${settings[@]}"; do
   echo "exit $? after $(( $(date +%s) - begin )) s"
   python benchmarks/parallel_scaling.py "$work/$name"
 done 2>&1 | tee "$out/summary.txt"
+if [ "${QCO_AT_ONCE:-1}" != 0 ] && [ "$gpus" -ge 2 ]; then
+  {
+    echo "=== python -m qco -m hydra/launcher=local_gpus model=flux_dev_random quant=none,nf4 compile=none,regional"
+    begin=$(date +%s)
+    timeout "${QCO_SWEEP_TIMEOUT:-540}" python -m qco -m hydra/launcher=local_gpus model=flux_dev_random \
+      run.device=cuda quant=none,nf4 compile=none,regional "run.repeats=${QCO_REPEATS:-3}" run.quality=false \
+      quant.store=false "hydra.sweep.dir=$work/at_once" > "$out/at_once.log" 2>&1
+    echo "exit $? after $(( $(date +%s) - begin )) s"
+    python benchmarks/gpus_at_once.py "$work/at_once"
+  } 2>&1 | tee -a "$out/summary.txt"
+fi
 (cd "$work" && find . -type f \( -name '*.json' -o -name '*.log' -o -name '*.md' -o -name '*.csv' -o -name '*.yaml' \
    -o -name 'image_0.png' \) -size -4M -print0 | tar czf "$out/parallel.tgz" --null -T -)

@@ -166,6 +166,34 @@ def test_the_scaling_table_sets_each_row_beside_degree_1(small_sweep, tmp_path):
                                   for r in rows)
 
 
+def test_the_at_once_table_says_when_two_jobs_shared_a_gpu(small_sweep, tmp_path):
+    """benchmarks/gpus_at_once.py, which gpu_parallel.sh runs after its local_gpus sweep, on a real sweep's records:
+    one after the other on a CPU; then the same records made to overlap on one GPU, which it must report."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, copy_sweep
+
+    sweep = copy_sweep(small_sweep, tmp_path)
+
+    def at_once():
+        return subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpus_at_once.py"), str(sweep)],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+
+    result = at_once()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 jobs, at most 1 at once, on 0 distinct GPUs" in result.stdout
+    for path in sweep.glob("*/results.json"):
+        data = json.loads(path.read_text())
+        data["started_at"], data["finished_at"] = 1000.0, 1060.0
+        data["environment"]["gpus"] = [{"index": "0", "uuid": "GPU-0", "name": "NVIDIA H100 80GB HBM3"}]
+        path.write_text(json.dumps(data))
+    result = at_once()
+    assert result.returncode == 1 and "at most 2 at once, on 1 distinct GPUs" in result.stdout
+    assert "ran at once on the same GPU" in result.stdout
+
+
 @pytest.mark.parametrize("stop", ["ctrl_c", "sigterm"])
 @pytest.mark.slow
 def test_a_stopped_run_stops_every_rank_and_is_recorded_as_interrupted(stop, models_cache, tmp_path):
