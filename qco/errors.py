@@ -21,6 +21,13 @@ class QcoError(Exception):
         super().__init__("\n".join(self.lines))
 
 
+class CannotRun(QcoError):
+    """The combination passed the checks and the rules, and a library could not run it: one line, a failed run."""
+
+    status = "failed"
+    exit_code = 1
+
+
 class OutOfMemory(QcoError):
     """The run ran out of GPU or host memory: which phase, the peak, what would fit."""
 

@@ -82,7 +82,8 @@ def _measure(cfg: Config, plan: Plan, run_dir: Path, host, device, phase) -> Mea
 
     run = cfg.run
     kwargs = call_kwargs(run)
-    compiled = open_store(plan, {"height": run.height, "width": run.width, "frames": run.frames, "batch": run.batch},
+    compiled = open_store(plan, {"height": run.height, "width": run.width, "frames": run.frames, "batch": run.batch,
+                                 "guidance": run.guidance},
                           cfg.paths.compile_cache, exported_denoiser(pipe, plan.compile))
     if compiled is not None:
         compiled.load()  # before the first call: a warm start where this key was compiled before

@@ -166,6 +166,24 @@ def damage(folder: Path, marker: str = FILES_MARKER) -> Optional[str]:
     return None
 
 
+def not_yours(folder: Path) -> Optional[str]:
+    """Why code kept in a store folder may not be the user's own (a store's files that a run executes: compiled
+    kernels, an AOTInductor package): the folder, its parent or a file in it owned by another user, or writable by
+    every user, or a link. None where all is the user's. Group-writable is allowed (a umask of 002 makes it)."""
+    import os
+    import stat
+
+    for path in [folder.parent, folder, *sorted(folder.iterdir())]:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            return f"{path} is a link"
+        if info.st_uid != os.getuid():
+            return f"{path} belongs to another user (uid {info.st_uid})"
+        if info.st_mode & stat.S_IWOTH and not (path == folder.parent and info.st_mode & stat.S_ISVTX):
+            return f"{path} is writable by every user"
+    return None
+
+
 def manifest(folder: Path) -> Dict[str, dict]:
     """Each file of a folder being filled, with its size and sha256 (for FILES_MARKER)."""
     return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_of(p)}

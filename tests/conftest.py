@@ -32,10 +32,19 @@ SLOW_FIXTURES = {"small_sweep", "comparison", "two_sweeps", "runs", "default_run
                  "quality_sweep", "written", "cluster"}
 
 
+# the modules that take longest, longest first: pytest-xdist hands whole modules (--dist loadscope) to the workers
+# in collection order, so these start first and the short ones fill in around them, instead of a long module
+# starting last on one worker while the other waits (measured: test_sweep and test_slurm, last by name, ran last)
+LONGEST_FIRST = ["test_sweep", "test_slurm", "test_hostile", "test_compile_store", "test_field_options", "test_aoti",
+                 "test_benchmarks", "test_closed", "test_quality", "test_compare", "test_config_safety", "test_parallel"]
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))  # stable: order within
 
 
 @pytest.fixture(scope="session")

@@ -26,13 +26,13 @@ RUN = ["compile=aoti", "quant=torchao_int8wo", "run.steps=2", "run.repeats=1", "
 
 @pytest.fixture(scope="module")
 def aoti_runs(tmp_path_factory, models_cache):
-    """A cold run into an empty store, then a warm one; each process with an inductor cache of its own (empty),
-    so that only the store can carry the package from the first to the second."""
+    """A cold run into an empty store, then a warm one. Inductor's cache is the session's: it cannot hand a run
+    an AOTInductor package (only the store does), and it spares each process inductor's probe of the CPU."""
     tmp = tmp_path_factory.mktemp("aoti")
     records = {}
     for name in ("cold", "warm"):
         result = qco_cli([*RUN, f"hydra.run.dir={tmp / name}"], tmp, models_cache, timeout=600,
-                         QCO_COMPILE_CACHE=str(tmp / "store"), TORCHINDUCTOR_CACHE_DIR=str(tmp / f"inductor-{name}"))
+                         QCO_COMPILE_CACHE=str(tmp / "store"))
         assert result.returncode == 0, result.stderr[-3000:]
         records[name] = json.loads((tmp / name / "results.json").read_text())
     return tmp, records
@@ -48,7 +48,11 @@ def test_a_cold_run_exports_the_denoiser_and_keeps_one_package(aoti_runs):
     folder = Path(cold["folder"])
     assert folder.parent == tmp / "store" and damage(folder) is None  # whole: its checksum holds
     assert (folder / PACKAGE).stat().st_size == cold["bytes"]
-    assert json.loads((folder / FILES_MARKER).read_text())["key"]["compile"]["method"] == "aoti"
+    marker = json.loads((folder / FILES_MARKER).read_text())
+    assert marker["key"]["compile"]["method"] == "aoti"
+    # what the package was made for, which a warm start checks its calls against
+    assert marker["inputs"]["hidden_states"] == [[1, 256, 64], "torch.bfloat16"]
+    assert marker["inputs"]["return_dict"] == "False"
     # the package computes the model: against the reference (eager, unquantized), as close as eager int8 is
     assert records["cold"]["quality"]["psnr_db"] > 35
 
@@ -65,16 +69,20 @@ def test_a_warm_run_loads_the_package_compiles_nothing_and_makes_the_same_image(
 
 @pytest.mark.slow
 def test_another_size_in_the_same_process_is_one_clear_error(aoti_runs, make_cfg):
-    """The package was exported for 64x64; a call at 96x96 through it is refused before it reaches the kernels."""
+    """The package was exported for 64x64; loaded as a warm start does, a call at 96x96 through it is refused
+    before it reaches the kernels (AOTInductor does not check its inputs: a kernel would read past its buffers)."""
+    from qco.files import FILES_MARKER
     from qco.groups.compile import exported_denoiser
 
     _, records = aoti_runs
     cfg = make_cfg(*RUN)
     plan, pipe = build(cfg)
     exported = exported_denoiser(pipe, plan.compile)
-    exported.use(Path(records["cold"]["compile_cache"]["folder"]) / PACKAGE)
+    folder = Path(records["cold"]["compile_cache"]["folder"])
+    exported.use(folder / PACKAGE, json.loads((folder / FILES_MARKER).read_text())["inputs"])
     assert len(generate(pipe, cfg, plan)) == 1  # at the size it was exported for
-    with pytest.raises(QcoError, match=r"exported for hidden_states=\(\(1, 256, 64\).*passes \(\(1, 576, 64\).*fix: one size"):
+    with pytest.raises(QcoError, match=r"exported for hidden_states of shape \(1, 256, 64\) \(torch.bfloat16\), "
+                                         r"and this call's is of shape \(1, 576, 64\).*fix: one size"):
         generate(pipe, make_cfg(*RUN, "run.height=96", "run.width=96"), plan)
 
 
@@ -97,6 +105,35 @@ def test_a_hotswapped_adapter_reaches_the_package(make_cfg):
     after = np.asarray(swapped[0], dtype=np.float32)
     assert np.abs(after - eager).mean() < 0.01  # measured: 8e-5 of a level
     assert np.abs(after - first).mean() > 0.1  # measured: 0.24: the swap changed what the package computes
+    # a scale is a literal in the package: changed after export, it is refused, never silently ignored
+    layer = next(m for m in pipe.transformer.modules() if isinstance(getattr(m, "scaling", None), dict))
+    layer.scaling["swapped"] = 0.5
+    with pytest.raises(QcoError, match="compile=aoti: a LoRA adapter's scale changed"):
+        generate(pipe, cfg, plan)
+
+
+@pytest.mark.slow
+def test_a_video_denoiser_with_buffers_outside_its_state_dict_runs(make_cfg):
+    """Wan's rotary tables are buffers kept out of its state_dict (persistent=False), and constants of the package
+    all the same: found among the module's buffers."""
+    from qco.groups.compile import exported_denoiser
+
+    cfg = make_cfg("model=tiny_wan", "compile=aoti", "run.steps=1", "run.device=cpu")
+    plan, pipe = build(cfg)
+    (image,) = generate(pipe, cfg, plan)
+    assert exported_denoiser(pipe, plan.compile).package is not None and np.asarray(image).std() > 0
+
+
+def test_a_forward_already_replaced_is_refused(make_cfg):
+    """A hook that replaced the denoiser's forward (accelerate's, diffusers') would be bypassed by the package."""
+    from qco.groups.compile import compile_denoiser
+
+    cfg = make_cfg("compile=aoti", "run.device=cpu")
+    plan, pipe = build(make_cfg("run.device=cpu"))
+    pipe.transformer.forward = lambda *args, **kwargs: None
+    step = apply_rules(draft_plan(cfg, CPU), "compile=aoti").compile
+    with pytest.raises(QcoError, match="compile=aoti: pipe.transformer.forward is already replaced.*fix:"):
+        compile_denoiser(pipe, step)
 
 
 def plan_for(make_cfg, target, *overrides):
@@ -153,8 +190,13 @@ def test_the_package_key_names_the_adapters_whose_layers_it_holds(make_cfg):
         cfg = make_cfg("run.device=cpu", *overrides)
         plan = apply_rules(draft_plan(cfg, CPU), "")
         plan.load.source = resolve_source(cfg.model, cfg.paths.models)
-        return store_key(plan, {"height": 64, "width": 64, "frames": None, "batch": 1})
+        return store_key(plan, {"height": 64, "width": 64, "frames": None, "batch": 1, "guidance": cfg.run.guidance})
 
     assert key("compile=aoti", "lora=random")["lora"]["names"] == ["random"]
     assert key("compile=aoti", "lora=random") != key("compile=aoti", "lora=random", "lora.adapters.0.name=other")
     assert key("compile=regional", "lora=random")["lora"]["names"] is None  # torch.compile's graphs: by shape only
+    # scales and guidance are in an aoti package (literals, the batch SD3 doubles); a hotswap's scale too
+    assert key("compile=aoti", "lora=hotswap") != key("compile=aoti", "lora=hotswap", "lora.scale=0.5")
+    assert key("compile=regional", "lora=hotswap") == key("compile=regional", "lora=hotswap", "lora.scale=0.5")
+    assert key("compile=aoti", "run.guidance=1.0") != key("compile=aoti", "run.guidance=7.0")
+    assert key("compile=regional", "run.guidance=1.0") == key("compile=regional", "run.guidance=7.0")

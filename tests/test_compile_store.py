@@ -91,6 +91,37 @@ def test_damaged_artifacts_are_removed_and_rebuilt_with_a_warning(runs):
     assert damage(Path(result["folder"])) is None and Path(result["folder"]).parent == damaged  # written again, whole
 
 
+@pytest.mark.slow
+def test_a_folder_every_user_can_write_is_not_loaded_nor_removed(runs, tmp_path):
+    """The store's artifacts are code a run executes: in a folder any user could have written, they are left
+    alone (a warning, a cold start), not loaded and not deleted."""
+    from qco.stores.compiled import CompileStore
+
+    _, store, _, records = runs
+    kept = Path(records["twin_a"]["compile_cache"]["folder"])
+    copy = tmp_path / "store" / kept.name
+    shutil.copytree(kept, copy)
+    key = json.loads((copy / BUILD_MARKER).read_text())["key"]
+    copy.chmod(0o777)
+    result = CompileStore(copy, key, True).load()
+    assert result.start == "cold" and "writable by every user" in result.error and copy.is_dir()
+    copy.chmod(0o755)
+    assert CompileStore(copy, key, True).load().start == "warm"  # the same folder, the user's own again
+
+
+@pytest.mark.slow
+def test_a_folder_whose_marker_names_another_key_is_not_loaded(runs, tmp_path):
+    from qco.stores.compiled import CompileStore
+
+    _, _, _, records = runs
+    kept = Path(records["twin_a"]["compile_cache"]["folder"])
+    copy = tmp_path / kept.name
+    shutil.copytree(kept, copy)
+    key = json.loads((copy / BUILD_MARKER).read_text())["key"]
+    result = CompileStore(copy, {**key, "python": "2.7"}, True).load()
+    assert result.start == "cold" and result.error == "its key differs from this run's" and not copy.exists()
+
+
 def test_compile_cache_false_turns_every_cache_off(make_cfg):
     from qco.stores.compiled import open_store
 

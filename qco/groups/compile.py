@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from qco.choice import Choice
-from qco.errors import QcoError
+from qco.errors import CannotRun, QcoError
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,10 @@ def compile_denoiser(pipe, step: CompileStep) -> None:
         module.to(memory_format=torch.channels_last)
     log.info("Compiling %s (%s): %s", step.component, step.method, step.kwargs)
     if step.method == "aoti":
+        if "forward" in vars(module):  # a hook already wraps it (accelerate's, diffusers'): the package would drop it
+            raise QcoError(f"compile=aoti: pipe.{step.component}.forward is already replaced by "
+                           f"{getattr(vars(module)['forward'], '__qualname__', 'a hook')}, which the package would "
+                           "bypass; fix: compile=regional")
         # an attribute, not a submodule: the module's state_dict stays its own
         module.forward = ExportedDenoiser(module, step.kwargs["inductor_configs"], step.cuda_graphs)
     elif step.method == "full":
@@ -196,27 +200,63 @@ def exported_denoiser(pipe, step: CompileStep) -> Optional["ExportedDenoiser"]:
     return forward if isinstance(forward, ExportedDenoiser) else None
 
 
+def _inputs(args, kwargs) -> Dict[str, Any]:
+    return {**{f"args[{i}]": a for i, a in enumerate(args)}, **kwargs}
+
+
 def _shapes(args, kwargs) -> Dict[str, Any]:
-    """Each tensor input's shape and dtype, and every other input's value: what the package is specialised to."""
-    inputs = {**{f"args[{i}]": a for i, a in enumerate(args)}, **kwargs}
-    return {name: (tuple(value.shape), str(value.dtype)) if hasattr(value, "shape") else repr(value)
-            for name, value in inputs.items()}
+    """What the package is specialised to, as JSON keeps it (the store writes it beside the package): each tensor
+    input's shape and dtype, every other input's value, and a structure's leaves by the same rule."""
+    def describe(value):
+        if hasattr(value, "shape") and hasattr(value, "dtype"):
+            return [list(value.shape), str(value.dtype)]
+        if isinstance(value, dict):
+            return {str(k): describe(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [describe(v) for v in value]
+        return repr(value)
+
+    return {name: describe(value) for name, value in _inputs(args, kwargs).items()}
+
+
+def _shown(described) -> str:
+    """An input as _shapes describes it, for a message: a tensor as its shape and dtype."""
+    if isinstance(described, list) and len(described) == 2 and isinstance(described[0], list):
+        return f"of shape {tuple(described[0])} ({described[1]})"
+    return "absent" if described is None else f"= {described}"
+
+
+def _scalings(module) -> Dict[str, float]:
+    """Each LoRA layer's scale by layer and adapter (peft's `scaling`): a Python number, or a 0-d tensor, which
+    AOTInductor writes into the package's code as a literal, so a change after export never reaches it."""
+    found = {}
+    for name, layer in module.named_modules():
+        scaling = getattr(layer, "scaling", None)
+        if isinstance(scaling, dict):
+            for adapter, value in scaling.items():
+                found[f"{name}[{adapter}]"] = float(value)
+    return found
 
 
 def _constants(module, names: List[str]) -> Dict[str, Any]:
-    """The module's tensors by the names the package gives its constants. torch.export takes a quantized weight
-    (torchao's tensor subclasses) apart into plain tensors, named <module>.parametrizations.<weight>.original<i>:
-    those are the weight's own inner tensors, taken apart the same way (torch's UnwrapTensorSubclass)."""
+    """The module's tensors by the names the package gives its constants: its parameters and buffers, those kept
+    out of its state_dict too (Wan's rotary tables). torch.export takes a quantized weight (torchao's tensor
+    subclasses) apart into plain tensors, named <module>.parametrizations.<weight>.original<i>: those are the
+    weight's own inner tensors, taken apart the same way (torch's UnwrapTensorSubclass)."""
+    from itertools import chain
+
     from torch._functorch._aot_autograd.subclass_parametrization import UnwrapTensorSubclass
 
-    state, constants = module.state_dict(), {}
+    tensors = {name: tensor.detach() for name, tensor in chain(module.named_parameters(remove_duplicate=False),
+                                                                  module.named_buffers(remove_duplicate=False))}
+    constants = {}
     for name in names:
         owner, split, rest = name.rpartition(".parametrizations.")
         weight, _, index = rest.rpartition(".original")
-        if name in state:
-            constants[name] = state[name]
-        elif split and index.isdigit() and f"{owner}.{weight}" in state:
-            constants[name] = UnwrapTensorSubclass().right_inverse(state[f"{owner}.{weight}"])[int(index)]
+        if name in tensors:
+            constants[name] = tensors[name]
+        elif split and index.isdigit() and f"{owner}.{weight}" in tensors:
+            constants[name] = UnwrapTensorSubclass().right_inverse(tensors[f"{owner}.{weight}"])[int(index)]
         else:  # another module's package: the store's key should make this impossible
             raise ValueError(f"the package's constant {name} is not in {type(module).__name__}")
     return constants
@@ -230,61 +270,81 @@ class ExportedDenoiser:
     module object stays: the pipeline reads its config, dtype and device, and hooks on it still run; hooks on its
     submodules do not, since the package runs the whole forward as one program (qco/rules.py).
 
+    Every call is checked against what the package was made for (the inputs' shapes and dtypes, the other inputs'
+    values, the LoRA scales), which AOTInductor does not check itself: a mismatch is one line, never a kernel
+    reading past its buffers.
+
     With cuda_graphs, the second call is captured in a CUDA graph on static copies of its inputs, and every call
     after copies its inputs into them and replays it (the first call, run before, is the warm-up a capture needs)."""
 
     def __init__(self, module, configs: Dict[str, Any], cuda_graphs: bool = False):
-        self.module, self.configs, self.cuda_graphs = module, configs, cuda_graphs
+        self.module = weakref.ref(module)  # the module holds this object as its forward: no cycle through it
+        self.configs, self.cuda_graphs = configs, cuda_graphs
         self.runner = None
         self.graph = None  # (torch.cuda.CUDAGraph, the static inputs by name, the static outputs)
-        self.shapes: Optional[Dict[str, Any]] = None
+        self.warmed = False
+        self.shapes: Optional[Dict[str, Any]] = None  # set at export, or read from the store with the package
+        self.scalings: Dict[str, float] = {}
         self.package: Optional[Path] = None  # the package this run made, for the store to keep
         self.folder = Path(tempfile.mkdtemp(prefix="qco-aoti-"))
         weakref.finalize(self, shutil.rmtree, str(self.folder), True)
 
-    def use(self, package: Path) -> None:
-        """A kept package in place of compiling (the compile store's warm start)."""
+    def _device_index(self) -> int:
+        device = next(self.module().parameters()).device
+        return device.index if device.type == "cuda" and device.index is not None else -1
+
+    def use(self, package: Path, shapes: Optional[Dict[str, Any]]) -> None:
+        """A kept package, and the inputs it was made for, in place of compiling (the compile store's warm start)."""
         from torch._inductor import aoti_load_package
 
-        self._attach(aoti_load_package(str(package), run_single_threaded=self.cuda_graphs))
+        self._attach(aoti_load_package(str(package), run_single_threaded=self.cuda_graphs,
+                                       device_index=self._device_index()))
+        self.shapes = shapes
 
     def _attach(self, runner) -> None:
-        constants = _constants(self.module, runner.get_constant_fqns())
-        runner.load_constants(constants, check_full_update=True, user_managed=True)
-        self.runner = runner
+        module = self.module()
+        runner.load_constants(_constants(module, runner.get_constant_fqns()), check_full_update=True,
+                              user_managed=True)
+        self.runner, self.scalings = runner, _scalings(module)
 
     def __call__(self, *args, **kwargs):
         shapes = _shapes(args, kwargs)
         if self.runner is None:
-            self._export(args, kwargs)
-        if self.shapes is None:  # exported here, or loaded from the store, whose key holds the run's size
-            self.shapes = shapes
-        elif shapes != self.shapes:
-            changed = next(name for name in shapes if shapes[name] != self.shapes.get(name))
-            raise QcoError(f"compile=aoti: the denoiser's package was exported for {changed}={self.shapes.get(changed)}"
-                           f" and this call passes {shapes[changed]}; fix: one size and batch per run, or "
+            self._export(args, kwargs, shapes)
+        if shapes != self.shapes:
+            changed = next(name for name in sorted(set(shapes) | set(self.shapes or {}))
+                           if shapes.get(name) != (self.shapes or {}).get(name))
+            raise QcoError(f"compile=aoti: the denoiser's package was exported for {changed} "
+                           f"{_shown((self.shapes or {}).get(changed))}, and this call's is "
+                           f"{_shown(shapes.get(changed))}; fix: one size, batch and guidance per run, or "
                            "compile=regional_dynamic for sizes that change")
-        elif self.cuda_graphs:
+        if self.scalings and _scalings(self.module()) != self.scalings:
+            raise QcoError("compile=aoti: a LoRA adapter's scale changed after the package was made (peft's "
+                           "scaling, which the package holds as a literal); fix: adapters of one alpha / rank and "
+                           "weight under compile=aoti, or compile=regional")
+        if self.cuda_graphs and self.warmed:
             return self._replay(args, kwargs)
+        self.warmed = True  # the first call runs the package directly: the warm-up a CUDA graph's capture needs
         return self.runner(*args, **kwargs)
 
     def _replay(self, args, kwargs):
         import torch
         from torch.utils._pytree import tree_map
 
-        inputs = {**{f"args[{i}]": a for i, a in enumerate(args)}, **kwargs}
+        inputs = _inputs(args, kwargs)
         if self.graph is None:
             static = {name: v.clone() if torch.is_tensor(v) else v for name, v in inputs.items()}
             static_args = [static[f"args[{i}]"] for i in range(len(args))]
             static_kwargs = {name: static[name] for name in kwargs}
-            side = torch.cuda.Stream()  # a warm-up call on a side stream before capturing, as torch's docs ask
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.runner(*static_args, **static_kwargs)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                outputs = self.runner(*static_args, **static_kwargs)
+            with torch.cuda.device(self._device_index()):
+                side = torch.cuda.Stream()  # a warm-up call on a side stream before capturing, as torch's docs ask
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self.runner(*static_args, **static_kwargs)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    outputs = self.runner(*static_args, **static_kwargs)
             self.graph = (graph, static, outputs)
         graph, static, outputs = self.graph
         for name, value in inputs.items():
@@ -294,19 +354,27 @@ class ExportedDenoiser:
         # copies: the next replay writes the same buffers, and the pipeline may still hold this step's output
         return tree_map(lambda t: t.clone() if torch.is_tensor(t) else t, outputs)
 
-    def _export(self, args, kwargs) -> None:
+    def _export(self, args, kwargs, shapes) -> None:
         import torch
         from torch._inductor import aoti_compile_and_package, aoti_load_package
 
-        del self.module.forward  # the class's forward again while exporting, not this object
+        module = self.module()
+        del module.forward  # the class's forward again while exporting, not this object
         try:
-            program = torch.export.export(self.module, args, kwargs, strict=False)
+            program = torch.export.export(module, args, kwargs, strict=False)
+            path = aoti_compile_and_package(program, package_path=str(self.folder / "denoiser.pt2"),
+                                            inductor_configs=dict(self.configs))  # torch adds to it
+            self._attach(aoti_load_package(path, run_single_threaded=self.cuda_graphs,
+                                           device_index=self._device_index()))
+        except QcoError:
+            raise
+        except Exception as error:  # noqa: BLE001 - torch.export's and inductor's many errors, as one line
+            raise CannotRun(f"compile=aoti: {type(module).__name__} could not be exported and compiled ahead of "
+                            f"time ({type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''})"
+                            "; fix: compile=regional") from error
         finally:
-            self.module.forward = self
-        path = aoti_compile_and_package(program, package_path=str(self.folder / "denoiser.pt2"),
-                                        inductor_configs=self.configs)
-        self.package = Path(path)
-        self._attach(aoti_load_package(path, run_single_threaded=self.cuda_graphs))
+            module.forward = self
+        self.package, self.shapes = Path(path), shapes
 
 
 @contextlib.contextmanager

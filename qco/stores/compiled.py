@@ -30,6 +30,7 @@ from qco.files import (
     damage,
     fingerprint,
     folder_lock,
+    not_yours,
     write_folder_atomic,
 )
 from qco.plan import Plan
@@ -59,7 +60,18 @@ def device_name(device: str) -> str:
     if device.startswith("cuda"):
         major, minor = torch.cuda.get_device_capability(device)
         return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor})"
-    return f"cpu {platform.machine()} {platform.processor() or ''}".strip()
+    return " ".join(part for part in ("cpu", platform.machine(), platform.processor(), _cpu_features()) if part)
+
+
+def _cpu_features() -> str:
+    """A hash of the CPU's model and instruction-set flags (/proc/cpuinfo): inductor builds CPU kernels for the
+    machine it runs on (-march=native), which another CPU of the same architecture may not execute."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    wanted = [line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features")]
+    return hashlib.sha256("\n".join(sorted(set(wanted))).encode()).hexdigest()[:12] if wanted else ""
 
 
 def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
@@ -68,7 +80,7 @@ def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
     architecture = _architecture(source, plan.compile.component) if source is not None else None
     if architecture is None:
         return None
-    load = plan.load
+    load, aoti = plan.load, plan.compile.method == "aoti"
     return {
         "model": plan.model, "architecture": architecture, "dtype": str(load.dtype),
         "compile": {"method": plan.compile.method, "kwargs": plan.compile.kwargs,
@@ -85,15 +97,18 @@ def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
                  "hotswap": plan.lora.hotswap, "targets": plan.lora.targets if plan.lora.adapters else [],
                  # an AOTInductor package names its constants, the adapters' layers among them, by adapter name
                  "names": [a["name"] for a in plan.lora.adapters] if plan.compile.method == "aoti" else None,
-                 "weights": None if plan.lora.hotswap else [a["weight"] * plan.lora.scale
-                                                            for a in plan.lora.adapters]},
+                 # (an AOTInductor package holds each scale as a literal: for compile=aoti they are part of it)
+                 "weights": None if plan.lora.hotswap and not aoti else [a["weight"] * plan.lora.scale
+                                                                         for a in plan.lora.adapters]},
         # each rank of a split image compiles for its share of the tokens (qco/ranks.py)
         "parallel": {"ulysses": plan.parallel.ulysses_degree, "ring": plan.parallel.ring_degree},
         "offload": {"method": plan.place.method, "others": plan.place.others_offload_type,
                     "kwargs": {k: v for k, v in plan.place.kwargs.items() if k not in ("device", "onload_device")}},
         # height, width, frames, batch: what static graphs are specialised to; a dynamic compile's graphs take any
         # size, so its artifacts serve every size (a sweep over sizes compiles once)
-        "shapes": None if plan.compile.kwargs.get("dynamic") else call,
+        # (and the guidance: with it, SD3 and Wan call the denoiser on a doubled batch, which a package is made for)
+        "shapes": None if plan.compile.kwargs.get("dynamic") else
+        {name: value for name, value in call.items() if name != "guidance" or aoti},
         "versions": package_versions(LIBRARIES), "python": platform.python_version(),
         "device": device_name(plan.target.device),
     }
@@ -127,7 +142,8 @@ class CompileStore:
     """Load before the first call, save after the calls, and say what happened (a CompileCache)."""
 
     def __init__(self, folder: Optional[Path], key: Optional[dict], enabled: bool, exported=None):
-        self.folder, self.key, self.enabled = folder, key, enabled
+        # the key as written beside the artifacts, frozen: nothing done during the calls can change what it says
+        self.folder, self.key, self.enabled = folder, json.loads(json.dumps(key, default=str)), enabled
         self.exported = exported  # compile=aoti's ExportedDenoiser: the package is kept instead of torch's caches
         self.file = PACKAGE if exported is not None else ARTIFACTS
         self.record = CompileCache(start="cold", folder=str(folder) if folder and enabled else None)
@@ -140,12 +156,22 @@ class CompileStore:
         if not self.enabled or self.folder is None or not self.folder.is_dir():
             return self.record
         start = time.perf_counter()
+        foreign = not_yours(self.folder)
+        if foreign is not None:  # code a run would execute: only the user's own (README, "Configs cannot run code")
+            log.warning("The kept compiled artifacts in %s are not loaded: %s; fix: remove that folder, or point "
+                        "paths.compile_cache (QCO_COMPILE_CACHE) at a folder of your own", self.folder, foreign)
+            self.record.error = f"not loaded: {foreign}"
+            return self.record
         with folder_lock(self.folder):
             problem = damage(self.folder) if self.folder.is_dir() else "gone"
             if problem is None:
+                marker = json.loads((self.folder / FILES_MARKER).read_text())
+                if self.key != marker.get("key"):
+                    problem = "its key differs from this run's"
+            if problem is None:
                 try:
                     if self.exported is not None:
-                        self.exported.use(self.folder / PACKAGE)
+                        self.exported.use(self.folder / PACKAGE, marker.get("inputs"))
                     else:
                         torch.compiler.load_cache_artifacts((self.folder / ARTIFACTS).read_bytes())
                 except Exception as error:  # noqa: BLE001 - torch's own format errors: a cold start, not a crash
@@ -191,7 +217,10 @@ class CompileStore:
         def fill(staging: Path) -> None:
             (staging / name).write_bytes(data)
             files = {name: {"bytes": len(data), "sha256": digest}}
-            (staging / FILES_MARKER).write_text(json.dumps({"key": self.key, "files": files}, indent=1, default=str))
+            marker = {"key": self.key, "files": files}
+            if self.exported is not None:  # what the package was made for: a warm start checks its calls against it
+                marker["inputs"] = self.exported.shapes
+            (staging / FILES_MARKER).write_text(json.dumps(marker, indent=1, default=str))
             (staging / VERIFIED).write_text(json.dumps({name: fingerprint(staging / name)}))
 
         try:
