@@ -161,7 +161,7 @@ def describe_compile(step: CompileStep) -> List[str]:
         configs = ", ".join(f"{k}={v}" for k, v in step.kwargs["inductor_configs"].items())
         return [f"compile  torch.export.export(pipe.{step.component}, <the first call's inputs>); "
                 f"aoti_compile_and_package(inductor_configs={{{configs}}}); aoti_load_package; "
-                f"load_constants(pipe.{step.component}.state_dict(), user_managed=True)"
+                f"load_constants(<pipe.{step.component}'s parameters and buffers>, user_managed=True)"
                 + ("; its call captured in a torch.cuda.CUDAGraph at the second step, replayed after"
                    if step.cuda_graphs else "")]
     call = "compile" if step.method == "full" else "compile_repeated_blocks"
@@ -226,16 +226,15 @@ def _shown(described) -> str:
     return "absent" if described is None else f"= {described}"
 
 
-def _scalings(module) -> Dict[str, float]:
-    """Each LoRA layer's scale by layer and adapter (peft's `scaling`): a Python number, or a 0-d tensor, which
-    AOTInductor writes into the package's code as a literal, so a change after export never reaches it."""
-    found = {}
-    for name, layer in module.named_modules():
-        scaling = getattr(layer, "scaling", None)
-        if isinstance(scaling, dict):
-            for adapter, value in scaling.items():
-                found[f"{name}[{adapter}]"] = float(value)
-    return found
+def _lora_layers(module) -> List[Any]:
+    """The module's LoRA layers: those with peft's `scaling`, a dict of each adapter's scale."""
+    return [layer for layer in module.modules() if isinstance(getattr(layer, "scaling", None), dict)]
+
+
+def _scalings(layers) -> List[Dict[str, float]]:
+    """Each LoRA layer's scales (a Python number, or a 0-d tensor, which AOTInductor writes into the package's code
+    as a literal, so a change after export never reaches it)."""
+    return [{adapter: float(value) for adapter, value in layer.scaling.items()} for layer in layers]
 
 
 def _constants(module, names: List[str]) -> Dict[str, Any]:
@@ -284,7 +283,8 @@ class ExportedDenoiser:
         self.graph = None  # (torch.cuda.CUDAGraph, the static inputs by name, the static outputs)
         self.warmed = False
         self.shapes: Optional[Dict[str, Any]] = None  # set at export, or read from the store with the package
-        self.scalings: Dict[str, float] = {}
+        self.lora_layers: List[Any] = []
+        self.scalings: List[Dict[str, float]] = []
         self.package: Optional[Path] = None  # the package this run made, for the store to keep
         self.folder = Path(tempfile.mkdtemp(prefix="qco-aoti-"))
         weakref.finalize(self, shutil.rmtree, str(self.folder), True)
@@ -305,7 +305,8 @@ class ExportedDenoiser:
         module = self.module()
         runner.load_constants(_constants(module, runner.get_constant_fqns()), check_full_update=True,
                               user_managed=True)
-        self.runner, self.scalings = runner, _scalings(module)
+        self.lora_layers = _lora_layers(module)  # found once: compared at every call, a few microseconds each
+        self.runner, self.scalings = runner, _scalings(self.lora_layers)
 
     def __call__(self, *args, **kwargs):
         shapes = _shapes(args, kwargs)
@@ -318,7 +319,7 @@ class ExportedDenoiser:
                            f"{_shown((self.shapes or {}).get(changed))}, and this call's is "
                            f"{_shown(shapes.get(changed))}; fix: one size, batch and guidance per run, or "
                            "compile=regional_dynamic for sizes that change")
-        if self.scalings and _scalings(self.module()) != self.scalings:
+        if self.scalings and _scalings(self.lora_layers) != self.scalings:
             raise QcoError("compile=aoti: a LoRA adapter's scale changed after the package was made (peft's "
                            "scaling, which the package holds as a literal); fix: adapters of one alpha / rank and "
                            "weight under compile=aoti, or compile=regional")
