@@ -96,7 +96,7 @@ def store_key(plan: Plan, call: Dict[str, object]) -> Optional[dict]:
         "lora": {"ranks": [a.get("file_rank") or a["rank"] for a in plan.lora.adapters], "fuse": plan.lora.fuse,
                  "hotswap": plan.lora.hotswap, "targets": plan.lora.targets if plan.lora.adapters else [],
                  # an AOTInductor package names its constants, the adapters' layers among them, by adapter name
-                 "names": [a["name"] for a in plan.lora.adapters] if plan.compile.method == "aoti" else None,
+                 "names": [a["name"] for a in plan.lora.adapters] if aoti else None,
                  # (an AOTInductor package holds each scale as a literal: for compile=aoti they are part of it)
                  "weights": None if plan.lora.hotswap and not aoti else [a["weight"] * plan.lora.scale
                                                                          for a in plan.lora.adapters]},
@@ -156,7 +156,10 @@ class CompileStore:
         if not self.enabled or self.folder is None or not self.folder.is_dir():
             return self.record
         start = time.perf_counter()
-        foreign = not_yours(self.folder)
+        try:
+            foreign = not_yours(self.folder)
+        except FileNotFoundError:  # replaced by another job of the sweep just now: judged below, under the lock
+            foreign = None
         if foreign is not None:  # code a run would execute: only the user's own (README, "Configs cannot run code")
             log.warning("The kept compiled artifacts in %s are not loaded: %s; fix: remove that folder, or point "
                         "paths.compile_cache (QCO_COMPILE_CACHE) at a folder of your own", self.folder, foreign)
@@ -168,6 +171,8 @@ class CompileStore:
                 marker = json.loads((self.folder / FILES_MARKER).read_text())
                 if self.key != marker.get("key"):
                     problem = "its key differs from this run's"
+                elif self.exported is not None and not isinstance(marker.get("inputs"), dict):
+                    problem = "it does not record the inputs its package was made for"
             if problem is None:
                 try:
                     if self.exported is not None:
