@@ -13,12 +13,9 @@ from qco.errors import QcoError
 from qco.plan import draft_plan
 from qco.rules import apply_rules
 from qco.stores.compiled import PACKAGE, store_key
-from qco.target import Target
 from qco.validate import check_values
 from tests.helpers import build, generate, qco_cli
-
-H200 = Target("cuda:0", (9, 0), "NVIDIA H200")
-CPU = Target("cpu")
+from tests.test_rules import CPU, H200, plan_for
 # torchao's weights are tensor subclasses, which torch.export takes apart into plain tensors: the package's
 # constants are then found by those parts' names (qco/groups/compile.py _constants)
 RUN = ["compile=aoti", "quant=torchao_int8wo", "run.steps=2", "run.repeats=1", "run.device=cpu"]
@@ -134,10 +131,6 @@ def test_a_forward_already_replaced_is_refused(make_cfg):
     step = apply_rules(draft_plan(cfg, CPU), "compile=aoti").compile
     with pytest.raises(QcoError, match="compile=aoti: pipe.transformer.forward is already replaced.*fix:"):
         compile_denoiser(pipe, step)
-
-
-def plan_for(make_cfg, target, *overrides):
-    return apply_rules(draft_plan(make_cfg(*overrides), target), " ".join(overrides))
 
 
 @pytest.mark.parametrize("overrides, rule", [
